@@ -1,0 +1,142 @@
+"""RTMO: backbone -> neck -> head -> (select, NMS) -> DCC, plus the user-facing `infer`/`predict`."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .config import KeypointInfo, RTMOConfig, keypoint_info_for
+from .nn.backbone import CSPDarknet
+from .nn.head import HeadMaps, RTMOHead, flatten_maps
+from .nn.neck import HybridEncoder
+from .ops.boxes import decode_boxes, grid_priors, nms, xyxy_to_cs
+
+OUTPUT_KEYS = ("scores", "labels", "pred_bboxes", "bbox_scores", "pred_keypoints", "keypoint_scores",
+               "keypoints_visible")
+
+
+class RTMO(nn.Module):
+    """The RTMO network. `model(images)` takes a float (B,3,H,W) BGR 0..255 batch (H, W multiples of 32)
+    and returns a dict of per-image lists in network-input pixels (see OUTPUT_KEYS)."""
+
+    def __init__(self, config: RTMOConfig | None = None, keypoint_info: KeypointInfo | None = None):
+        super().__init__()
+        self.config = config = config or RTMOConfig()
+        self.keypoint_info = keypoint_info or keypoint_info_for(config.num_keypoints)
+        if self.keypoint_info.num_keypoints != config.num_keypoints:
+            raise ValueError(f"keypoint_info has {self.keypoint_info.num_keypoints} keypoints, "
+                             f"config has {config.num_keypoints}")
+        self.backbone = CSPDarknet(config.backbone_config)
+        self.neck = HybridEncoder(self.backbone.out_channels, config)
+        self.head = RTMOHead(config)
+        self.class_names: tuple[str, ...] = ("person",)
+        self.checkpoint_info: dict[str, Any] = {}
+        self._priors_cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        return tuple(self.config.input_size)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    # ------------------------------------------------------------------ network
+    def forward_maps(self, images: torch.Tensor, with_kpt_reg: bool = False) -> HeadMaps:
+        return self.head(self.neck(self.backbone(images)), with_kpt_reg)
+
+    def priors(self, maps: HeadMaps) -> tuple[torch.Tensor, torch.Tensor]:
+        sizes = [tuple(m.shape[2:]) for m in maps.cls]
+        key = (tuple(sizes), maps.cls[0].device)
+        if key not in self._priors_cache:
+            self._priors_cache[key] = grid_priors(sizes, self.config.featmap_strides, maps.cls[0].device)
+        return self._priors_cache[key]
+
+    def forward(self, images: torch.Tensor, targets: Any = None, score_thr: float | None = None,
+                nms_thr: float | None = None) -> dict[str, Any]:
+        if targets is not None:
+            from .train.losses import compute_losses  # training code stays out of inference imports
+
+            return compute_losses(self, images, targets)
+        return self.predict_tensor(images, score_thr, nms_thr)
+
+    @torch.no_grad()
+    def predict_tensor(self, images: torch.Tensor, score_thr: float | None = None,
+                       nms_thr: float | None = None) -> dict[str, list[torch.Tensor]]:
+        """Detections per image in network-input pixels, boxes clamped to the input canvas."""
+        score_thr = self.config.score_thr if score_thr is None else score_thr
+        nms_thr = self.config.nms_thr if nms_thr is None else nms_thr
+        maps = self.forward_maps(images)
+        priors, strides = self.priors(maps)
+        scores_all = flatten_maps(maps.cls).sigmoid()
+        boxes_all = decode_boxes(flatten_maps(maps.bbox), priors, strides)
+        vis_all = flatten_maps(maps.vis).sigmoid()
+        pose_all = flatten_maps(maps.pose)
+
+        out: dict[str, list[torch.Tensor]] = {k: [] for k in OUTPUT_KEYS}
+        selected = []  # (image index, grid indices) per image
+        for b in range(images.shape[0]):
+            scores, labels = scores_all[b].max(dim=1)
+            valid = torch.nonzero(scores > score_thr).squeeze(1)
+            cand_scores, order = scores[valid].sort(descending=True)
+            idx = valid[order]
+            if idx.numel() and nms_thr < 1.0:
+                idx = idx[nms(boxes_all[b, idx], cand_scores, nms_thr)]
+            selected.append(idx)
+            out["scores"].append(scores[idx])
+            out["labels"].append(labels[idx])
+            out["bbox_scores"].append(scores[idx])
+            out["keypoint_scores"].append(vis_all[b, idx])
+            out["keypoints_visible"].append(vis_all[b, idx])
+
+        # One DCC call for every kept detection of the batch, on the unclamped boxes.
+        flat_b = torch.cat([torch.full_like(i, b) for b, i in enumerate(selected)])
+        flat_i = torch.cat(selected)
+        boxes = boxes_all[flat_b, flat_i]
+        if flat_i.numel():
+            kpts = self.head.dcc(pose_all[flat_b, flat_i], xyxy_to_cs(boxes, self.config.bbox_padding),
+                                 priors[flat_i])
+        else:
+            kpts = boxes.new_zeros((0, self.config.num_keypoints, 2))
+        w, h = images.shape[3], images.shape[2]
+        boxes = torch.stack([boxes[:, 0].clamp(0, w), boxes[:, 1].clamp(0, h),
+                             boxes[:, 2].clamp(0, w), boxes[:, 3].clamp(0, h)], dim=1)
+        counts = [len(i) for i in selected]
+        out["pred_bboxes"] = list(boxes.split(counts))
+        out["pred_keypoints"] = list(kpts.split(counts))
+        return out
+
+    # ------------------------------------------------------------------ user API
+    def infer(self, image: Any, threshold: float | None = None, nms_threshold: float | None = None
+              ) -> Any:
+        """Poses in one image (path, BGR ndarray or PIL image) or a list of them (one batched forward).
+
+        Returns a `PoseResult` for one image, a list of them for a list.
+        """
+        from .infer.api import infer
+
+        return infer(self, image, threshold, nms_threshold)
+
+    def predict(self, source: Any, stream: bool = False, **kwargs: Any) -> Iterator[Any] | list[Any]:
+        """Results for any source (image, folder, glob, video, camera index, URL, list file)."""
+        from .infer.api import predict
+
+        gen = predict(self, source, **kwargs)
+        return gen if stream else list(gen)
+
+    def load_official_state_dict(self, state_dict: dict[str, torch.Tensor]) -> None:
+        from .zoo import load_state_dict_checked
+
+        load_state_dict_checked(self, state_dict)
+
+
+def num_parameters(model: nn.Module) -> int:
+    return int(sum(p.numel() for p in model.parameters()))
+
+
+def as_numpy(t: torch.Tensor) -> np.ndarray:
+    return t.detach().cpu().numpy()

@@ -1,0 +1,1 @@
+"""The network, one file per paper component."""

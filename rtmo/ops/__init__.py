@@ -1,0 +1,1 @@
+"""Pure tensor/array functions shared by inference, training, export and evaluation."""

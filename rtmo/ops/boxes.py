@@ -1,0 +1,69 @@
+"""Box utilities: IoU, greedy NMS, centre/scale conversion, decoding."""
+
+from __future__ import annotations
+
+import torch
+
+
+def box_iou(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Pairwise IoU of xyxy boxes (n,4) x (m,4) -> (n,m); areas without +1, union floored at eps."""
+    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
+    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    lt = torch.max(a[:, None, :2], b[None, :, :2])
+    rb = torch.min(a[:, None, 2:], b[None, :, 2:])
+    wh = (rb - lt).clamp(min=0)
+    overlap = wh[..., 0] * wh[..., 1]
+    union = (area_a[:, None] + area_b[None, :] - overlap).clamp(min=eps)
+    return overlap / union
+
+
+def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_thr: float) -> torch.Tensor:
+    """Greedy NMS: keep the best remaining box, drop every box with IoU > iou_thr (strict) with it.
+
+    Returns indices into `boxes`, in descending score order.
+    """
+    if boxes.numel() == 0:
+        return torch.zeros(0, dtype=torch.long, device=boxes.device)
+    order = scores.argsort(descending=True, stable=True)
+    over = (box_iou(boxes[order], boxes[order]) > iou_thr).cpu().numpy()
+    n = len(order)
+    suppressed = [False] * n
+    keep = []
+    for i in range(n):
+        if suppressed[i]:
+            continue
+        keep.append(i)
+        row = over[i]
+        for j in range(i + 1, n):
+            if row[j]:
+                suppressed[j] = True
+    return order[torch.as_tensor(keep, dtype=torch.long, device=boxes.device)]
+
+
+def xyxy_to_cs(boxes: torch.Tensor, padding: float = 1.0) -> torch.Tensor:
+    """xyxy -> (cx, cy, w*padding, h*padding)."""
+    center = (boxes[..., 2:] + boxes[..., :2]) * 0.5
+    scale = (boxes[..., 2:] - boxes[..., :2]) * padding
+    return torch.cat([center, scale], dim=-1)
+
+
+def decode_boxes(raw: torch.Tensor, priors: torch.Tensor, strides: torch.Tensor) -> torch.Tensor:
+    """YOLOX decoding of (..., N, 4) raw (dx, dy, log w, log h) in stride units -> xyxy pixels."""
+    s = strides[:, None]
+    xy = raw[..., :2] * s + priors
+    wh = raw[..., 2:].exp() * s
+    return torch.stack([xy[..., 0] - wh[..., 0] / 2, xy[..., 1] - wh[..., 1] / 2,
+                        xy[..., 0] + wh[..., 0] / 2, xy[..., 1] + wh[..., 1] / 2], dim=-1)
+
+
+def grid_priors(featmap_sizes: list[tuple[int, int]], strides: tuple[int, ...],
+                device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """Grid points `stride*j + (stride-1)/2`, level-major then row-major: (N,2) xy and (N,) strides."""
+    points, point_strides = [], []
+    for (h, w), s in zip(featmap_sizes, strides):
+        xs = torch.arange(w, dtype=torch.float32, device=device) * s + (s - 1) / 2
+        ys = torch.arange(h, dtype=torch.float32, device=device) * s + (s - 1) / 2
+        yy, xx = torch.meshgrid(ys, xs, indexing="ij")
+        points.append(torch.stack([xx.reshape(-1), yy.reshape(-1)], dim=-1))
+        point_strides.append(torch.full((h * w,), float(s), device=device))
+    return torch.cat(points), torch.cat(point_strides)
