@@ -1,0 +1,1 @@
+"""Inference: image loading, pre/post-processing, results, sources, drawing, tracking."""

@@ -1,0 +1,72 @@
+"""`infer` on images: load -> letterbox -> batched forward -> back to image pixels."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..ops.letterbox import letterbox, to_image_coords
+from .image import load_image
+from .results import PoseResult
+
+
+def preprocess(images: list[np.ndarray], input_size: tuple[int, int]
+               ) -> tuple[torch.Tensor, list[tuple[np.ndarray, np.ndarray]]]:
+    """BGR uint8 images -> float (B,3,H,W) 0..255 batch and per-image (centre, scale)."""
+    canvases, metas = [], []
+    for img in images:
+        canvas, center, scale = letterbox(img, input_size)
+        canvases.append(canvas)
+        metas.append((center, scale))
+    # Contiguous NCHW: a channels-last view would route convolutions through other kernels (other bits).
+    batch = torch.from_numpy(np.ascontiguousarray(np.stack(canvases).transpose(0, 3, 1, 2))).float()
+    return batch, metas
+
+
+def postprocess(out: dict[str, list[torch.Tensor]], metas: list[tuple[np.ndarray, np.ndarray]],
+                shapes: list[tuple[int, int]], input_size: tuple[int, int], model: Any,
+                paths: list[str | None] | None = None) -> list[PoseResult]:
+    results = []
+    for b, (center, scale) in enumerate(metas):
+        boxes = out["pred_bboxes"][b].cpu().numpy()
+        kpts = out["pred_keypoints"][b].cpu().numpy()
+        boxes = to_image_coords(boxes.reshape(-1, 2, 2), center, scale, input_size).reshape(-1, 4)
+        kpts = to_image_coords(kpts, center, scale, input_size)
+        results.append(PoseResult(
+            boxes=boxes, scores=out["scores"][b].cpu().numpy(),
+            class_ids=out["labels"][b].cpu().numpy().astype(np.int64), keypoints=kpts,
+            keypoint_scores=out["keypoint_scores"][b].cpu().numpy(), image_shape=shapes[b],
+            keypoint_info=model.keypoint_info, class_names=model.class_names,
+            path=None if paths is None else paths[b],
+        ))
+    return results
+
+
+def infer_arrays(model: Any, images: list[np.ndarray], threshold: float | None = None,
+                 nms_threshold: float | None = None, paths: list[str | None] | None = None
+                 ) -> list[PoseResult]:
+    """Batched inference on already-decoded BGR uint8 images."""
+    if not images:
+        return []
+    input_size = tuple(model.input_size)
+    batch, metas = preprocess(images, input_size)
+    out = model.predict_tensor(batch.to(model.device), threshold, nms_threshold)
+    return postprocess(out, metas, [im.shape[:2] for im in images], input_size, model, paths)
+
+
+def infer(model: Any, image: Any, threshold: float | None = None, nms_threshold: float | None = None
+          ) -> PoseResult | list[PoseResult]:
+    single = not isinstance(image, (list, tuple))
+    items = [image] if single else list(image)
+    loaded = [load_image(x) for x in items]
+    results = infer_arrays(model, [a for a, _ in loaded], threshold, nms_threshold, [p for _, p in loaded])
+    return results[0] if single else results
+
+
+def predict(model: Any, source: Any, **kwargs: Any) -> Iterator[PoseResult]:
+    from .sources import stream_results
+
+    return stream_results(model, source, **kwargs)
