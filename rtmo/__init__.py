@@ -1,0 +1,17 @@
+"""rtmo: real-time multi-person pose estimation with RTMO in plain PyTorch."""
+
+from .config import COCO_KEYPOINTS, CROWDPOSE_KEYPOINTS, CSPConfig, KeypointInfo, RTMOConfig
+from .infer.results import Detection, PoseResult
+from .model import RTMO
+
+__all__ = ["RTMO", "RTMOConfig", "CSPConfig", "KeypointInfo", "COCO_KEYPOINTS", "CROWDPOSE_KEYPOINTS",
+           "Detection", "PoseResult", "ModelManager"]
+__version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    if name == "ModelManager":  # imported lazily: the zoo pulls in download machinery
+        from .zoo import ModelManager
+
+        return ModelManager
+    raise AttributeError(name)
