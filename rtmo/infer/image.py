@@ -52,6 +52,9 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     data = np.fromfile(str(p), dtype=np.uint8)  # fromfile + imdecode also handles non-ASCII paths
     if data.size == 0:
         raise ImageError(f"{p}: file is empty")
+    if _is_truncated(data):
+        # OpenCV decodes a cut-off JPEG/PNG into a half-grey picture with only a warning on stderr.
+        raise ImageError(f"{p}: truncated image file (the end-of-image marker is missing)")
     img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
     if img is None:
         raise ImageError(f"{p}: not a readable image (corrupt, truncated or unsupported format)")
@@ -69,3 +72,12 @@ def load_image(image: Any) -> tuple[np.ndarray, str | None]:
         return np.ascontiguousarray(rgb[:, :, ::-1]), getattr(image, "filename", None) or None
     raise ImageError(f"unsupported image type {type(image).__name__}; "
                      "pass a file path, a BGR numpy array or a PIL image")
+
+
+def _is_truncated(data: np.ndarray) -> bool:
+    head = data[:8].tobytes()
+    if head.startswith(b"\xff\xd8"):  # JPEG: must end with EOI (possibly followed by padding)
+        return b"\xff\xd9" not in data[-4096:].tobytes()
+    if head.startswith(b"\x89PNG"):
+        return b"IEND" not in data[-64:].tobytes()
+    return False

@@ -30,7 +30,8 @@ class CSPRepLayer(nn.Module):
         self.conv2 = ConvModule(c_in, hidden, 1, act="silu", **NECK_NORM)
         self.bottlenecks = nn.Sequential(*[RepVGGBlock(hidden) for _ in range(num_blocks)])
         # RTMO-l has hidden == c_out and therefore no conv3 in its checkpoints.
-        self.conv3 = ConvModule(hidden, c_out, 1, act="silu", **NECK_NORM) if hidden != c_out else nn.Identity()
+        self.conv3 = (ConvModule(hidden, c_out, 1, act="silu", **NECK_NORM) if hidden != c_out
+                      else nn.Identity())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv3(self.bottlenecks(self.conv1(x)) + self.conv2(x))
@@ -112,7 +113,8 @@ class HybridEncoder(nn.Module):
         hidden = cfg.hidden_dim
         num_blocks = round(3 * cfg.deepen_factor)
         self.hidden_dim = hidden
-        self.input_proj = nn.ModuleList([ConvModule(c, hidden, 1, act=None, **NECK_NORM) for c in in_channels])
+        self.input_proj = nn.ModuleList(
+            [ConvModule(c, hidden, 1, act=None, **NECK_NORM) for c in in_channels])
         self.encoder = nn.ModuleList([TransformerEncoder(
             cfg.transformer_encoder_layers, embed_dims=cfg.transformer_embed_dims,
             num_heads=cfg.transformer_num_heads, feedforward_channels=cfg.transformer_feedforward_channels,

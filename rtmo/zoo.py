@@ -1,0 +1,350 @@
+"""Official checkpoints: registry, download with checksum into a cache, loading and architecture detection."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import tempfile
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import RTMOConfig, keypoint_info_for
+from .model import RTMO
+
+BASE_URL = "https://download.openmmlab.com/mmpose/v1/projects/rtmo/"
+CACHE_ENV = "RTMO_CACHE_DIR"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used: missing, corrupt, or not an RTMO state dict."""
+
+
+class DownloadError(RuntimeError):
+    """A checkpoint that could not be fetched; the message says what to download and where to put it."""
+
+
+@dataclass(frozen=True)
+class ZooEntry:
+    name: str
+    filename: str  # as published; carries the first 8 hex digits of the file's sha256
+    variant: str  # t / s / m / l
+    num_keypoints: int
+    input_size: tuple[int, int]
+    train_data: str
+    eval_data: str  # what `ap` was measured on
+    ap: float  # published AP (COCO val2017 or CrowdPose test)
+    mirrors: tuple[str, ...] = ()  # other addresses for the same file
+
+    @property
+    def sha256_prefix(self) -> str:
+        m = re.search(r"-([0-9a-f]{8})_\d{8}\.pth$", self.filename)
+        assert m, self.filename
+        return m.group(1)
+
+    @property
+    def url(self) -> str:
+        return BASE_URL + self.filename
+
+    @property
+    def urls(self) -> tuple[str, ...]:
+        return (self.url, *self.mirrors)
+
+    @property
+    def keypoint_info(self):
+        return keypoint_info_for(self.num_keypoints)
+
+    def config(self) -> RTMOConfig:
+        cfg = RTMOConfig.preset(self.variant, self.num_keypoints)
+        cfg.input_size = self.input_size
+        return cfg
+
+
+def _entry(name: str, filename: str, ap: float, mirrors: tuple[str, ...] = ()) -> ZooEntry:
+    variant = name.split("-")[1]
+    crowd = name.endswith("crowdpose")
+    side = 416 if variant == "t" else 640
+    train = name.split("-", 2)[2]
+    return ZooEntry(name, filename, variant, 14 if crowd else 17, (side, side), train,
+                    "CrowdPose test" if crowd else "COCO val2017", ap, mirrors)
+
+
+# Published numbers: mmpose's projects/rtmo model zoo (single scale, no flip).
+REGISTRY: dict[str, ZooEntry] = {e.name: e for e in (
+    _entry("rtmo-s-coco", "rtmo-s_8xb32-600e_coco-640x640-8db55a59_20231211.pth", 0.677),
+    _entry("rtmo-m-coco", "rtmo-m_16xb16-600e_coco-640x640-6f4e0306_20231211.pth", 0.709),
+    _entry("rtmo-l-coco", "rtmo-l_16xb16-600e_coco-640x640-516a421f_20231211.pth", 0.724),
+    _entry("rtmo-t-body7", "rtmo-t_8xb32-600e_body7-416x416-f48f75cb_20231219.pth", 0.574),
+    _entry("rtmo-s-body7", "rtmo-s_8xb32-600e_body7-640x640-dac2bf74_20231211.pth", 0.686),
+    _entry("rtmo-m-body7", "rtmo-m_16xb16-600e_body7-640x640-39e78cc4_20231211.pth", 0.726),
+    _entry("rtmo-l-body7", "rtmo-l_16xb16-600e_body7-640x640-b37118ce_20231211.pth", 0.748),
+    _entry("rtmo-s-crowdpose", "rtmo-s_8xb32-700e_crowdpose-640x640-79f81c0d_20231211.pth", 0.673),
+    # mmpose's README links this file with a doubled "r"; try that address too.
+    _entry("rtmo-m-crowdpose", "rtmo-m_16xb16-700e_crowdpose-640x640-0eaf670d_20231211.pth", 0.711,
+           (BASE_URL + "rrtmo-m_16xb16-700e_crowdpose-640x640-0eaf670d_20231211.pth",)),
+    _entry("rtmo-l-crowdpose", "rtmo-l_16xb16-700e_crowdpose-640x640-1008211f_20231211.pth", 0.732),
+    _entry("rtmo-l-body7-crowdpose", "rtmo-l_16xb16-700e_body7-crowdpose-640x640-5bafdc11_20231219.pth",
+           0.838),
+)}
+
+
+# ------------------------------------------------------------------------------------------ cache
+
+def cache_dir() -> Path:
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "rtmo").expanduser()
+
+
+def cached_path(name: str) -> Path | None:
+    """The cached file of a registry entry if it is there (not re-verified), else None."""
+    entry = REGISTRY[name]
+    p = cache_dir() / entry.filename
+    return p if p.is_file() else None
+
+
+_SHA_CACHE: dict[tuple[str, int, int], str] = {}
+
+
+def sha256_of(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    st = os.stat(path)
+    key = (str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+    if key in _SHA_CACHE:
+        return _SHA_CACHE[key]
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    _SHA_CACHE[key] = h.hexdigest()
+    return _SHA_CACHE[key]
+
+
+def _manual_hint(entry: ZooEntry, dest: Path) -> str:
+    return (f"Download it yourself from {entry.url}\n  and save it as {dest}\n"
+            f"  (or set {CACHE_ENV} to the folder that holds it, or pass the .pth path instead of the name).")
+
+
+def download(entry: ZooEntry, dest_dir: Path | None = None, progress: bool = True,
+             opener: Any = None) -> Path:
+    """Fetch a registry checkpoint into the cache, verify its sha256 prefix, publish it atomically.
+
+    A partial or corrupt download never appears under the final name: data goes to a temporary file in
+    the same folder, which is renamed only after the checksum matched.
+    """
+    dest_dir = Path(dest_dir or cache_dir())
+    dest = dest_dir / entry.filename
+    try:
+        dest_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DownloadError(f"cannot create the cache folder {dest_dir}: {e}") from None
+    open_url = opener or urllib.request.urlopen
+    errors = []
+    for url in entry.urls:
+        fd, tmp = tempfile.mkstemp(prefix=f".{entry.filename}.", suffix=".part", dir=dest_dir)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                with open_url(url, timeout=30) as resp:
+                    total = int(resp.headers.get("Content-Length") or 0) if hasattr(resp, "headers") else 0
+                    bar = None
+                    if progress:
+                        from tqdm import tqdm
+
+                        bar = tqdm(total=total or None, unit="B", unit_scale=True, desc=entry.filename)
+                    h = hashlib.sha256()
+                    while block := resp.read(1 << 20):
+                        out.write(block)
+                        h.update(block)
+                        if bar is not None:
+                            bar.update(len(block))
+                    if bar is not None:
+                        bar.close()
+            digest = h.hexdigest()
+            if not digest.startswith(entry.sha256_prefix):
+                errors.append(f"{url}: checksum mismatch (sha256 {digest[:8]}…, expected "
+                              f"{entry.sha256_prefix}…); the file was discarded")
+                continue
+            os.replace(tmp, dest)
+            return dest
+        except (urllib.error.URLError, OSError, ValueError) as e:
+            errors.append(f"{url}: {getattr(e, 'reason', None) or e}")
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    raise DownloadError(f"could not download {entry.name}:\n  " + "\n  ".join(errors) + "\n  "
+                        + _manual_hint(entry, dest))
+
+
+def fetch(name: str, download_missing: bool = True, progress: bool = True) -> Path:
+    """Path of a registry checkpoint, downloading it if needed; verified against its sha256 prefix."""
+    entry = REGISTRY[name]
+    path = cache_dir() / entry.filename
+    if path.is_file():
+        digest = sha256_of(path)
+        if digest.startswith(entry.sha256_prefix):
+            return path
+        raise CheckpointError(f"{path} is corrupt: sha256 starts with {digest[:8]}, the official file's "
+                              f"with {entry.sha256_prefix}. Delete it and run again to re-download.")
+    if not download_missing:
+        raise DownloadError(f"{entry.name} is not in the cache.\n  " + _manual_hint(entry, path))
+    return download(entry, progress=progress)
+
+
+# ------------------------------------------------------------------------------------------ loading
+
+# Known-harmless non-tensor types that mmengine may leave in a checkpoint's `meta`.
+def _numpy_safe_globals() -> list:
+    import numpy as np
+
+    out: list = [np.ndarray, np.dtype]
+    try:
+        from numpy.core.multiarray import _reconstruct, scalar
+    except ImportError:  # numpy >= 2 moved them
+        from numpy._core.multiarray import _reconstruct, scalar  # type: ignore
+    out += [_reconstruct, scalar]
+    out += [type(np.dtype(t)) for t in ("float32", "float64", "int32", "int64", "uint8", "bool")]
+    return out
+
+
+def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """(state_dict, meta) from an mmpose checkpoint, our own training checkpoint, or a bare state dict.
+
+    Always `weights_only=True`: a downloaded file can never run code on load.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise CheckpointError(f"{p}: no such checkpoint file")
+    if p.is_dir():
+        raise CheckpointError(f"{p}: is a directory; pass the .pth file inside it")
+    with open(p, "rb") as f:
+        head = f.read(4)
+    if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):  # zip (torch >= 1.6) or raw pickle
+        raise CheckpointError(f"{p}: not a PyTorch checkpoint (unrecognised file format)")
+    try:
+        try:
+            obj = torch.load(p, map_location="cpu", weights_only=True)
+        except Exception as e:  # numpy objects in meta are refused by the default allowlist
+            if "weights_only" not in str(e) and "Unsupported global" not in str(e):
+                raise
+            with torch.serialization.safe_globals(_numpy_safe_globals()):
+                obj = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:
+        text = str(e)
+        found = re.findall(r"Unsupported global: GLOBAL ([\w.]+)", text)
+        if found:
+            raise CheckpointError(
+                f"{p}: holds Python objects that are not plain data ({', '.join(sorted(set(found)))}); "
+                "rtmo never unpickles code from a checkpoint. Re-save just its tensors: "
+                "torch.save({'state_dict': ckpt['state_dict']}, 'clean.pth') in an environment you trust."
+            ) from None
+        msg = text.strip().splitlines()[0] if text.strip() else type(e).__name__
+        raise CheckpointError(f"{p}: corrupt or truncated checkpoint ({msg})") from None
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{p}: expected a dict, found {type(obj).__name__}")
+    meta = obj.get("meta", {}) if isinstance(obj.get("meta", {}), dict) else {}
+    sd = obj.get("state_dict", obj)
+    if not isinstance(sd, dict) or not any(torch.is_tensor(v) for v in sd.values()):
+        raise CheckpointError(f"{p}: no state dict with tensors inside (keys: {list(obj)[:8]})")
+    sd = {k: v for k, v in sd.items() if torch.is_tensor(v)}
+    for prefix in ("module.", "model."):  # DDP / wrapper prefixes
+        if all(k.startswith(prefix) for k in sd):
+            sd = {k[len(prefix):]: v for k, v in sd.items()}
+    # Old mmpose checkpoints may carry the (non-persistent) preprocessor buffers.
+    sd = {k: v for k, v in sd.items() if not k.startswith("data_preprocessor.")}
+    return sd, meta
+
+
+_STEM_WIDTH_TO_VARIANT = {24: "t", 32: "s", 48: "m", 64: "l"}
+
+
+def detect_config(state_dict: dict[str, torch.Tensor], meta: dict | None = None) -> RTMOConfig:
+    """Architecture (variant, keypoint count, input size) from tensor shapes (and meta, if it says)."""
+    stem = state_dict.get("backbone.stem.conv.conv.weight")
+    vis = state_dict.get("head.head_module.out_kpt_vis.0.weight")
+    if stem is None or vis is None:
+        raise CheckpointError("not an RTMO checkpoint: missing backbone.stem.conv.conv.weight or "
+                              "head.head_module.out_kpt_vis.0.weight")
+    variant = _STEM_WIDTH_TO_VARIANT.get(int(stem.shape[0]))
+    if variant is None:
+        raise CheckpointError(f"unknown backbone width {stem.shape[0]} (expected one of "
+                              f"{sorted(_STEM_WIDTH_TO_VARIANT)} for RTMO-t/s/m/l)")
+    cfg = RTMOConfig.preset(variant, int(vis.shape[0]))
+    size = _input_size_from_meta(meta or {})
+    if size is not None:
+        cfg.input_size = size
+    return cfg
+
+
+def _input_size_from_meta(meta: dict) -> tuple[int, int] | None:
+    if isinstance(meta.get("input_size"), (list, tuple)) and len(meta["input_size"]) == 2:
+        return tuple(int(v) for v in meta["input_size"])
+    cfg_text = meta.get("cfg") or meta.get("config")
+    if isinstance(cfg_text, str):
+        m = re.search(r"input_size\s*=\s*\((\d+)\s*,\s*(\d+)\)", cfg_text)
+        if m:
+            return int(m.group(1)), int(m.group(2))
+    return None
+
+
+def load_state_dict_checked(model: RTMO, state_dict: dict[str, torch.Tensor]) -> None:
+    """Strict load with an error that lists what is missing, unexpected or of the wrong shape."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in own]
+    mismatched = [f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(v.shape)}"
+                  for k, v in own.items() if k in state_dict and state_dict[k].shape != v.shape]
+    if missing or unexpected or mismatched:
+        def show(title: str, items: list[str]) -> str:
+            more = f" … and {len(items) - 10} more" if len(items) > 10 else ""
+            return f"\n  {title} ({len(items)}): " + ", ".join(items[:10]) + more if items else ""
+
+        raise CheckpointError("checkpoint does not fit this RTMO architecture"
+                              + show("missing", missing) + show("unexpected", unexpected)
+                              + show("shape mismatch", mismatched))
+    model.load_state_dict(state_dict, strict=True)
+
+
+class ModelManager:
+    """`ModelManager.get("rtmo-s-coco")` or `ModelManager.get("path/to/checkpoint.pth")`."""
+
+    @staticmethod
+    def list() -> list[str]:
+        return list(REGISTRY)
+
+    @staticmethod
+    def get(name_or_path: str | os.PathLike, device: str | torch.device | None = None,
+            config: RTMOConfig | None = None, input_size: tuple[int, int] | None = None,
+            download: bool = True, progress: bool = True) -> Any:
+        """A ready model in eval mode. Exported models (.onnx, OpenVINO .xml, TensorRT .engine) are opened
+        with their runtime and offer the same `infer`/`predict`."""
+        key = str(name_or_path)
+        suffix = Path(key).suffix.lower()
+        if suffix in (".onnx", ".xml", ".engine", ".plan"):
+            from .export import runtime
+
+            return runtime.load(key, device=device)
+        entry = REGISTRY.get(key)
+        if entry is not None:
+            path = fetch(entry.name, download_missing=download, progress=progress)
+            state_dict, meta = read_checkpoint(path)
+            config = config or entry.config()
+            source = {"name": entry.name, "path": str(path)}
+        else:
+            if not Path(key).exists():
+                close = [n for n in REGISTRY if key.lower() in n] or list(REGISTRY)
+                raise CheckpointError(f"{key!r} is neither a registry name nor an existing file. "
+                                      f"Registry names: {', '.join(close)}")
+            state_dict, meta = read_checkpoint(key)
+            config = config or detect_config(state_dict, meta)
+            source = {"name": Path(key).stem, "path": str(Path(key).resolve())}
+        if input_size is not None:
+            config.input_size = tuple(input_size)
+        model = RTMO(config)
+        load_state_dict_checked(model, state_dict)
+        model.checkpoint_info = {**source, "sha256": sha256_of(source["path"])}
+        model.eval()
+        if device is not None:
+            model.to(device)
+        return model
