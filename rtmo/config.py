@@ -120,12 +120,37 @@ class CSPConfig:
 
 
 @dataclass
+class ResNetConfig:
+    """ResNet-18/34/50 backbone with torchvision parameter names (ImageNet weights load from a local file).
+
+    The neck and head have no backbone of their own to take widths from, so `widen_factor` and
+    `deepen_factor` size them (defaults: those of RTMO-s).
+    """
+
+    depth: int = 18
+    out_indices: tuple[int, ...] = (2, 3, 4)  # layer2..layer4: strides 8, 16, 32
+    widen_factor: float = 0.5
+    deepen_factor: float = 0.33
+    pretrained: str | None = None  # path to a torchvision state dict (e.g. resnet18-f37072fd.pth)
+
+    def __post_init__(self) -> None:
+        if self.depth not in (18, 34, 50):
+            raise ValueError(f"ResNetConfig.depth must be 18, 34 or 50, got {self.depth}")
+
+    @property
+    def out_channels(self) -> tuple[int, ...]:
+        expansion = 4 if self.depth == 50 else 1
+        widths = (64, 64 * expansion, 128 * expansion, 256 * expansion, 512 * expansion)
+        return tuple(widths[i] for i in self.out_indices)
+
+
+@dataclass
 class RTMOConfig:
     """Every architecture parameter of RTMO. Use `RTMOConfig.preset("s")` for the official ones."""
 
     num_classes: int = 1
     num_keypoints: int = 17
-    backbone_config: CSPConfig = field(default_factory=CSPConfig)
+    backbone_config: CSPConfig | ResNetConfig = field(default_factory=CSPConfig)
     input_size: tuple[int, int] = (640, 640)  # (w, h)
     # neck (HybridEncoder)
     hidden_dim: int = 256

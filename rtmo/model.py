@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .config import KeypointInfo, RTMOConfig, keypoint_info_for
+from .config import KeypointInfo, ResNetConfig, RTMOConfig, keypoint_info_for
 from .nn.backbone import CSPDarknet
 from .nn.head import HeadMaps, RTMOHead, flatten_maps
 from .nn.neck import HybridEncoder
@@ -30,7 +30,12 @@ class RTMO(nn.Module):
         if self.keypoint_info.num_keypoints != config.num_keypoints:
             raise ValueError(f"keypoint_info has {self.keypoint_info.num_keypoints} keypoints, "
                              f"config has {config.num_keypoints}")
-        self.backbone = CSPDarknet(config.backbone_config)
+        if isinstance(config.backbone_config, ResNetConfig):
+            from .nn.resnet import ResNet
+
+            self.backbone: nn.Module = ResNet(config.backbone_config)
+        else:
+            self.backbone = CSPDarknet(config.backbone_config)
         self.neck = HybridEncoder(self.backbone.out_channels, config)
         self.head = RTMOHead(config)
         self.class_names: tuple[str, ...] = ("person",)

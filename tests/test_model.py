@@ -78,3 +78,26 @@ def test_config_presets():
     with pytest.raises(ValueError, match="variant"):
         RTMOConfig.preset("x")
     assert RTMOConfig.preset("m").variant == "m"
+
+
+@pytest.mark.parametrize("depth,channels", [(18, (128, 256, 512)), (50, (512, 1024, 2048))])
+def test_resnet_backbone_builds_runs_and_loads_torchvision_names(depth, channels, tmp_path):
+    from rtmo.config import ResNetConfig
+
+    cfg = RTMOConfig(backbone_config=ResNetConfig(depth))
+    model = RTMO(cfg).eval()
+    assert model.backbone.out_channels == channels
+    assert [m.in_channels for m in (p.conv for p in model.neck.input_proj)] == list(channels)
+    feats = model.backbone(torch.zeros(1, 3, 128, 128))
+    assert [f.shape[1:] for f in feats] == [(c, s, s) for c, s in zip(channels, (16, 8, 4))]
+    out = model(torch.rand(2, 3, 128, 128) * 255, score_thr=0.0)
+    assert len(out["pred_keypoints"]) == 2 and out["pred_keypoints"][0].shape[1:] == (17, 2)
+    # A torchvision ImageNet file has exactly these names plus the classifier, which is dropped.
+    own = model.backbone.state_dict()
+    sd = {k: torch.randn_like(v) if v.is_floating_point() else v for k, v in own.items()}
+    for key in ("conv1.weight", "bn1.running_var", "layer2.0.downsample.0.weight", "layer4.1.bn2.bias"):
+        assert key in sd
+    sd["fc.weight"], sd["fc.bias"] = torch.zeros(1000, channels[-1]), torch.zeros(1000)
+    torch.save(sd, tmp_path / "imagenet.pth")
+    loaded = RTMO(RTMOConfig(backbone_config=ResNetConfig(depth, pretrained=str(tmp_path / "imagenet.pth"))))
+    assert torch.equal(loaded.backbone.layer2[0].downsample[0].weight, sd["layer2.0.downsample.0.weight"])
