@@ -133,10 +133,37 @@ class RTMO(nn.Module):
         gen = predict(self, source, **kwargs)
         return gen if stream else list(gen)
 
+    @torch.no_grad()
+    def fuse(self) -> RTMO:
+        """Fold every BatchNorm2d into the convolution before it and each RepVGG block into one 3x3 conv,
+        for faster inference. Outputs change at float-rounding level only (~1e-6 relative); the unfused
+        model is the one that is bit-identical to mmpose. Irreversible: call on an eval-mode model."""
+        from .nn.layers import ConvModule
+        from .nn.neck import RepVGGBlock
+
+        for module in self.modules():
+            if isinstance(module, ConvModule) and isinstance(module.bn, nn.BatchNorm2d):
+                module.conv = _fold_bn(module.conv, module.bn)
+                module.bn = nn.Identity()
+        for module in self.modules():
+            if isinstance(module, RepVGGBlock):
+                module.fuse()
+        return self
+
     def load_official_state_dict(self, state_dict: dict[str, torch.Tensor]) -> None:
         from .zoo import load_state_dict_checked
 
         load_state_dict_checked(self, state_dict)
+
+
+def _fold_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
+    scale = bn.weight / (bn.running_var + bn.eps).sqrt()
+    fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                      groups=conv.groups, bias=True).to(conv.weight.device)
+    fused.weight.copy_(conv.weight * scale.reshape(-1, 1, 1, 1))
+    bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
+    fused.bias.copy_((bias - bn.running_mean) * scale + bn.bias)
+    return fused
 
 
 def num_parameters(model: nn.Module) -> int:

@@ -117,3 +117,19 @@ def test_batched_infer_matches_single():
         np.testing.assert_allclose(b.boxes, s.boxes, atol=1e-2)
         diff = np.abs(b.keypoints - s.keypoints)
         assert np.median(diff) < 1e-3 and diff.max() < 5.0
+
+
+def test_fused_model_matches_to_float_precision():
+    """`fuse()` folds BN and RepVGG branches: same detections, coordinates to float rounding (random
+    fixture weights amplify rounding in the DCC, hence the median for keypoints)."""
+    import copy
+
+    model = fixture_model("t")
+    fused = copy.deepcopy(model).fuse()
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
+    for path in data_images()[:2]:
+        a, b = model.infer(path), fused.infer(path)
+        assert len(a) == len(b)
+        np.testing.assert_allclose(a.scores, b.scores, atol=1e-4)
+        np.testing.assert_allclose(a.boxes, b.boxes, atol=1e-2)
+        assert np.median(np.abs(a.keypoints - b.keypoints)) < 1e-2

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..config import RTMOConfig
@@ -19,7 +20,22 @@ class RepVGGBlock(nn.Module):
         self.act = nn.SiLU(inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.branch_1x1 is None:  # fused for deployment
+            return self.act(self.branch_3x3(x))
         return self.act(self.branch_3x3(x) + self.branch_1x1(x))
+
+    @torch.no_grad()
+    def fuse(self) -> None:
+        """One 3x3 conv with bias = BN(conv3x3) + BN(conv1x1); call after their BNs were folded."""
+        if self.branch_1x1 is None:
+            return
+        for branch in (self.branch_3x3, self.branch_1x1):
+            if not isinstance(branch.bn, nn.Identity):
+                raise RuntimeError("fold the branch BatchNorms first (RTMO.fuse does)")
+        conv3, conv1 = self.branch_3x3.conv, self.branch_1x1.conv
+        conv3.weight += F.pad(conv1.weight, [1, 1, 1, 1])
+        conv3.bias += conv1.bias
+        self.branch_1x1 = None
 
 
 class CSPRepLayer(nn.Module):
