@@ -1,0 +1,249 @@
+"""Training recipes: every hyper-parameter of an official RTMO config as a typed dataclass, loaded from TOML.
+
+The TOML files in `rtmo/recipes/` mirror mmpose's `configs/body_2d_keypoint/rtmo/**.py` (reference §1.5,
+§10). A recipe is plain data: the trainer reads it, nothing here decides behaviour.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10 needs the `tomli` backport
+    import tomli as tomllib
+
+RECIPE_DIR = Path(__file__).resolve().parents[1] / "recipes"
+
+
+@dataclass
+class DatasetSpec:
+    """One annotation source. `ratio` is body7's per-dataset resampling factor (§1.7); `mapping` names the
+    keypoint conversion to the target set (identity when empty)."""
+
+    name: str = "coco"
+    ann_file: str = "coco/annotations/person_keypoints_train2017.json"
+    img_prefix: str = "coco/train2017/"
+    ratio: float = 1.0
+    mapping: list[list[int]] = field(default_factory=list)  # (source index, target index) pairs
+
+
+@dataclass
+class DataRecipe:
+    root: str = "data/"
+    train: list[DatasetSpec] = field(default_factory=lambda: [DatasetSpec()])
+    stage2_train: list[DatasetSpec] | None = None  # None: keep `train` for the last epochs
+    val_ann_file: str = "coco/annotations/person_keypoints_val2017.json"
+    val_img_prefix: str = "coco/val2017/"
+    batch_size: int = 32  # per GPU
+    num_gpus: int = 8  # of the official run: total batch = batch_size * num_gpus
+    workers: int = 8
+    crowd_metric: bool = False  # CrowdPose: iou_type='keypoints_crowd', use_area=False
+
+
+@dataclass
+class AugmentRecipe:
+    """Stage-1 (Mosaic/affine/MixUp) and stage-2 (letterbox affine) augmentation, §10.1-10.3."""
+
+    pad_val: int = 114
+    mosaic_prob: float = 1.0
+    mosaic_center_range: tuple[float, float] = (0.5, 1.5)
+    affine_shift: float = 0.1
+    affine_rotate: float = 10.0  # degrees
+    affine_scale: tuple[float, float] = (0.75, 1.0)
+    affine_shear: float = 2.0  # degrees
+    mixup_prob: float = 1.0  # 0 for RTMO-t
+    mixup_ratio: tuple[float, float] = (0.8, 1.6)
+    mixup_flip: float = 0.5
+    hsv_gains: tuple[int, int, int] = (5, 30, 30)
+    flip_prob: float = 0.5
+    # stage 2: "none" = pure letterbox (all probabilities 0); "default" = the class defaults that the m/l
+    # COCO/body7 configs leave active (shift 0.2, scale (0.75, 1.5), rotate 30, trunc-normal), §10.2.
+    stage2_affine: str = "none"
+    stage2_affine_shift: float = 0.2
+    stage2_affine_rotate: float = 30.0
+    stage2_affine_scale: tuple[float, float] = (0.75, 1.5)
+    # BatchSyncRandomResize, §10.3: a new square size in [lo, hi] (multiples of `size_divisor`) per batch
+    multiscale_range: tuple[int, int] = (480, 800)
+    size_divisor: int = 32
+
+
+@dataclass
+class LossStage:
+    """Loss weights and head switches of one head stage (§10.6.7)."""
+
+    cls_weight: float = 1.0
+    overlaps_power: float = 0.5
+    bbox_weight: float = 5.0
+    vis_weight: float = 1.0
+    oks_weight: float = 30.0
+    mle_weight: float = 1.0
+    proxy_target_cc: bool = False
+
+
+@dataclass
+class LossRecipe:
+    stage1: LossStage = field(default_factory=LossStage)
+    stage2: LossStage = field(default_factory=lambda: LossStage(oks_weight=10.0, mle_weight=5.0,
+                                                               proxy_target_cc=True))
+    bbox_aux_weight: float = 1.0  # on after the data switch
+    use_keypoints_for_center: bool = True  # SimOTA centre prior (t/s COCO & body7)
+
+
+@dataclass
+class OptimRecipe:
+    """AdamW with the reference's parameter groups and gradient clipping, §10.8."""
+
+    lr: float = 0.004
+    weight_decay: float = 0.05
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    encoder_lr_mult: float = 0.05  # parameters whose name contains `neck.encoder`
+    clip_grad: float = 0.1  # global L2 norm; <= 0 disables
+    base_batch_size: int = 256
+    auto_scale_lr: bool = False  # lr *= total batch / base_batch_size when enabled
+
+
+@dataclass
+class ScheduleRecipe:
+    """Warm-up, cosine, x2.5 bump, cosine, constant (§10.9), in epochs (converted with the epoch length)."""
+
+    epochs: int = 600
+    warmup_epochs: int = 5
+    eta_min: float = 2e-4  # absolute, for every group
+    cosine1: tuple[int, int, int] = (5, 280, 280)  # begin, end, T_max
+    bump_epoch: int = 280
+    bump_factor: float = 2.5
+    cosine2: tuple[int, int, int] = (281, 580, 300)
+    head_switch_epoch: int = 280  # RTMOModeSwitchHook (0-based, acts before the epoch)
+    num_last_epochs: int = 20  # YOLOXPoseModeSwitchHook: fires at epoch + 1 == epochs - num_last_epochs
+
+    @property
+    def data_switch_epoch(self) -> int:
+        return self.epochs - self.num_last_epochs - 1
+
+
+@dataclass
+class EMARecipe:
+    momentum: float = 0.0002
+    gamma: float = 2000.0
+    enabled: bool = True
+
+
+@dataclass
+class RuntimeRecipe:
+    val_interval: int = 20
+    val_every_epoch_from: int = 580  # dynamic_intervals
+    checkpoint_interval: int = 40
+    keep_checkpoints: int = 3
+    amp: bool = True  # fp16 + GradScaler on CUDA; bf16 on CPU only when `cpu_amp`
+    cpu_amp: bool = False
+    sync_bn: bool = False  # per-GPU BN as in mmpose; running stats averaged before validation
+    find_unused_parameters: bool = True  # the DCC gets no gradient on a rank without positives
+    seed: int = 0
+    log_interval: int = 50
+
+
+@dataclass
+class TrainRecipe:
+    name: str = "rtmo-s_8xb32-600e_coco-640x640"
+    variant: str = "s"
+    num_keypoints: int = 17
+    input_size: tuple[int, int] = (640, 640)  # (w, h)
+    backbone_init: str = ""  # YOLOX detector checkpoint (URL or path) whose `backbone.*` weights init ours
+    data: DataRecipe = field(default_factory=DataRecipe)
+    augment: AugmentRecipe = field(default_factory=AugmentRecipe)
+    loss: LossRecipe = field(default_factory=LossRecipe)
+    optim: OptimRecipe = field(default_factory=OptimRecipe)
+    schedule: ScheduleRecipe = field(default_factory=ScheduleRecipe)
+    ema: EMARecipe = field(default_factory=EMARecipe)
+    runtime: RuntimeRecipe = field(default_factory=RuntimeRecipe)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainRecipe:
+        return _build(cls, d, "recipe")
+
+    @classmethod
+    def load(cls, name_or_path: str | Path) -> TrainRecipe:
+        """A recipe by official config name (`rtmo-s_8xb32-600e_coco-640x640`, see `list_recipes()`) or a
+        path to a TOML file."""
+        path = Path(name_or_path)
+        if not path.is_file():
+            stem = str(name_or_path).removesuffix(".toml")
+            path = RECIPE_DIR / f"{stem}.toml"
+            if not path.is_file():
+                raise FileNotFoundError(f"no recipe {name_or_path!r}: not a file, and not one of "
+                                        f"{', '.join(list_recipes())}")
+        with open(path, "rb") as f:
+            try:
+                d = tomllib.load(f)
+            except tomllib.TOMLDecodeError as e:
+                raise ValueError(f"{path}: invalid TOML: {e}") from None
+        try:
+            return cls.from_dict(d)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{path}: {e}") from None
+
+    def with_overrides(self, **dotted: Any) -> TrainRecipe:
+        """A copy with `section.field=value` overrides, e.g. `with_overrides(**{"schedule.epochs": 10})`."""
+        d = self.to_dict()
+        for key, value in dotted.items():
+            node = d
+            *parents, leaf = key.split(".")
+            for p in parents:
+                if not isinstance(node.get(p), dict):
+                    raise ValueError(f"unknown recipe section {key!r}")
+                node = node[p]
+            if leaf not in node:
+                raise ValueError(f"unknown recipe field {key!r}")
+            node[leaf] = value
+        return TrainRecipe.from_dict(d)
+
+
+def list_recipes() -> list[str]:
+    return sorted(p.stem for p in RECIPE_DIR.glob("*.toml"))
+
+
+def _build(cls: type, d: Any, where: str) -> Any:
+    """Dataclass `cls` from a nested dict, checking field names and converting lists to tuples."""
+    if not isinstance(d, dict):
+        raise TypeError(f"{where}: expected a table, got {type(d).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - names)
+    if unknown:
+        raise ValueError(f"{where}: unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
+    kwargs = {k: _convert(hints[k], v, f"{where}.{k}") for k, v in d.items()}
+    return cls(**kwargs)
+
+
+def _convert(tp: Any, v: Any, where: str) -> Any:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, v, where)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        if v is None:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _convert(inner[0], v, where)
+    if origin is tuple:
+        if not isinstance(v, (list, tuple)) or len(v) != len(args):
+            raise ValueError(f"{where}: expected {len(args)} values, got {v!r}")
+        return tuple(_convert(a, x, where) for a, x in zip(args, v))
+    if origin is list:
+        if not isinstance(v, (list, tuple)):
+            raise ValueError(f"{where}: expected a list, got {v!r}")
+        return [_convert(args[0], x, where) for x in v] if args else list(v)
+    if tp is float and isinstance(v, (int, float)) and not isinstance(v, bool):
+        return float(v)
+    if tp in (int, str, bool) and not isinstance(v, tp) or (tp is int and isinstance(v, bool)):
+        raise ValueError(f"{where}: expected {tp.__name__}, got {v!r}")
+    return v

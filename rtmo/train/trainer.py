@@ -1,0 +1,681 @@
+"""The training loop: AdamW + schedule, AMP, gradient clipping, EMA, stage switches, validation with the EMA
+weights, atomic checkpoints with exact resume, metrics logging, and DDP through `torchrun` (reference §10)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import random
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from . import distributed as du
+from .ema import ModelEMA
+from .optim import LRSchedule, build_optimizer
+from .recipes import LossStage, TrainRecipe
+
+log = logging.getLogger("rtmo.train")
+
+LossFn = Callable[[nn.Module, torch.Tensor, Any], dict[str, torch.Tensor]]
+Evaluator = Callable[[nn.Module], dict[str, float]]
+
+
+@dataclass
+class TrainData:
+    """What the trainer needs from the data pipeline.
+
+    `build_dataset(stage)` returns the training set of data stage 1 (Mosaic/MixUp) or 2 (the plain pipeline
+    of the last epochs, possibly another dataset, §10.2); `collate_fn` turns samples into `(images, targets)`
+    with images a (B,3,S,S) BGR tensor; `batch_resize(images, targets, (w, h))` rescales a batch and its
+    targets (BatchSyncRandomResize, §10.3; default: `resize_batch`).
+    """
+
+    build_dataset: Callable[[int], Dataset]
+    collate_fn: Callable[[list], Any] | None = None
+    batch_resize: Callable[[torch.Tensor, Any, tuple[int, int]], tuple[torch.Tensor, Any]] | None = None
+
+
+# ----------------------------------------------------------------------------------------- stage switches
+def loss_settings(recipe: TrainRecipe, epoch: int) -> dict[str, Any]:
+    """Loss weights and head switches in force during `epoch` (0-based; both hooks act before the epoch):
+    the head switch at `head_switch_epoch` (§10.7) and the auxiliary L1 box loss from the data switch on."""
+    head_stage2 = epoch >= recipe.schedule.head_switch_epoch
+    stage: LossStage = recipe.loss.stage2 if head_stage2 else recipe.loss.stage1
+    s = dataclasses.asdict(stage)
+    s["use_aux_loss"] = epoch >= recipe.schedule.data_switch_epoch
+    s["bbox_aux_weight"] = recipe.loss.bbox_aux_weight
+    s["use_keypoints_for_center"] = recipe.loss.use_keypoints_for_center
+    return s
+
+
+def data_stage(recipe: TrainRecipe, epoch: int) -> int:
+    return 2 if epoch >= recipe.schedule.data_switch_epoch else 1
+
+
+def apply_loss_settings(model: nn.Module, settings: dict[str, Any]) -> None:
+    """Hand the stage's loss settings to `rtmo.train.losses` through `model.loss_config`, which
+    `compute_losses(model, ...)` reads. Fields the LossConfig does not have are an error, not silence."""
+    try:
+        from .losses import LossConfig
+    except ImportError:  # the loss module is optional for stand-in losses (tests)
+        model.loss_config = dict(settings)
+        return
+    names = {f.name for f in dataclasses.fields(LossConfig)}
+    missing = sorted(set(settings) - names)
+    if missing:
+        raise RuntimeError(f"LossConfig lacks the recipe's loss settings {missing}")
+    model.loss_config = LossConfig(**settings)
+
+
+# ----------------------------------------------------------------------------------------- batch helpers
+def resize_batch(images: torch.Tensor, targets: Any, size: tuple[int, int]) -> tuple[torch.Tensor, Any]:
+    """BatchSyncRandomResize (§10.3): bilinear resize of the batch to `size` (w, h); boxes and keypoints
+    scaled by (sx, sy), areas by sx*sy, heatmap masks bilinearly (becoming float)."""
+    h, w = images.shape[-2:]
+    if (w, h) == tuple(size):
+        return images, targets
+    sx, sy = size[0] / w, size[1] / h
+    images = F.interpolate(images.float(), size=(size[1], size[0]), mode="bilinear", align_corners=False)
+    return images, _scale_targets(targets, sx, sy, (size[1], size[0]))
+
+
+_SCALE2 = ("bboxes", "boxes", "keypoints")
+_AREA = ("areas", "area")
+_MASK = ("heatmap_mask", "heatmap_masks", "masks")
+
+
+def _scale_targets(t: Any, sx: float, sy: float, hw: tuple[int, int]) -> Any:
+    if hasattr(t, "rescale"):
+        return t.rescale(sx, sy, hw)
+    if isinstance(t, (list, tuple)):
+        return type(t)(_scale_targets(x, sx, sy, hw) for x in t)
+    if dataclasses.is_dataclass(t):
+        return dataclasses.replace(t, **{k: _scale_field(k, v, sx, sy, hw) for k, v in vars(t).items()})
+    if isinstance(t, dict):
+        return {k: _scale_field(k, v, sx, sy, hw) for k, v in t.items()}
+    raise TypeError(f"cannot rescale targets of type {type(t).__name__}")
+
+
+def _scale_field(name: str, v: Any, sx: float, sy: float, hw: tuple[int, int]) -> Any:
+    if isinstance(v, (list, tuple)):
+        return type(v)(_scale_field(name, x, sx, sy, hw) for x in v)
+    if not isinstance(v, torch.Tensor) or v is None:
+        return v
+    if name in _SCALE2:
+        scale = torch.tensor([sx, sy], dtype=v.dtype, device=v.device)
+        return (v.reshape(*v.shape[:-1], -1, 2) * scale).reshape(v.shape)
+    if name in _AREA:
+        return v * (sx * sy)
+    if name in _MASK and v.dim() >= 2:
+        lead = v.shape[:-2]
+        m = F.interpolate(v.float().reshape(-1, 1, *v.shape[-2:]), size=hw, mode="bilinear",
+                          align_corners=False)
+        return m.reshape(*lead, *hw)
+    return v
+
+
+def to_device(obj: Any, device: torch.device) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device, non_blocking=True)
+    if hasattr(obj, "to") and not isinstance(obj, nn.Module) and dataclasses.is_dataclass(obj):
+        return obj.to(device)
+    if dataclasses.is_dataclass(obj):
+        return dataclasses.replace(obj, **{k: to_device(v, device) for k, v in vars(obj).items()})
+    if isinstance(obj, dict):
+        return {k: to_device(v, device) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(to_device(v, device) for v in obj)
+    return obj
+
+
+def total_loss(out: dict[str, torch.Tensor]) -> torch.Tensor:
+    """`out['loss']`, or mmengine's rule: the sum of the means of every entry whose name contains 'loss'."""
+    if "loss" in out:
+        return out["loss"]
+    terms = [v.mean() for k, v in out.items() if "loss" in k and isinstance(v, torch.Tensor)]
+    if not terms:
+        raise RuntimeError(f"the loss function returned no 'loss*' entry (keys: {sorted(out)})")
+    return sum(terms)
+
+
+# ----------------------------------------------------------------------------------------- checkpoints
+def rng_state() -> dict[str, Any]:
+    """Python, numpy and torch RNG states in types `torch.load(weights_only=True)` accepts."""
+    np_state = np.random.get_state()
+    state = {"python": random.getstate(),
+             "numpy": {"name": np_state[0], "key": torch.from_numpy(np_state[1].astype(np.int64)),
+                       "pos": int(np_state[2]), "has_gauss": int(np_state[3]), "gauss": float(np_state[4])},
+             "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    n = state["numpy"]
+    np.random.set_state((n["name"], n["key"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_atomic(obj: Any, path: Path) -> None:
+    """Write to a temporary file in the same folder, then `os.replace`: a crash never leaves a torn file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    for key in ("state_dict", "model", "optimizer", "epoch", "iter"):
+        if key not in ckpt:
+            raise ValueError(f"{path} is not a resumable rtmo training checkpoint (no {key!r}); to start "
+                             "from its weights use `init_from`, not `resume`")
+    return ckpt
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+# ----------------------------------------------------------------------------------------- trainer
+class Trainer:
+    """Trains `model` with `recipe` on `data`. `loss_fn(model, images, targets)` defaults to
+    `model(images, targets)` (RTMO's training forward, which calls `rtmo.train.losses.compute_losses`).
+
+    `evaluate(ema_model) -> {'AP': ...}` runs on rank 0 with the EMA weights in eval mode; the first key of
+    the returned dict decides `best.pth`. Set `max_iters_per_epoch` to cut epochs short (smoke runs, tests).
+    """
+
+    def __init__(self, model: nn.Module, recipe: TrainRecipe, data: TrainData, out_dir: str | Path,
+                 device: str | torch.device | None = None, evaluate: Evaluator | None = None,
+                 loss_fn: LossFn | None = None, resume: str | Path | None = None, workers: int | None = None,
+                 max_iters_per_epoch: int | None = None, progress: bool = True, tensorboard: bool = True):
+        self.recipe, self.data, self.evaluate = recipe, data, evaluate
+        self.loss_fn = loss_fn or (lambda m, images, targets: m(images, targets))
+        self.dist = du.init_distributed(device)
+        self.device = self.dist.device
+        self.out_dir = Path(out_dir)
+        self.workers = recipe.data.workers if workers is None else workers
+        self.max_iters_per_epoch = max_iters_per_epoch
+        self.progress = progress and self.dist.is_main
+        rt = recipe.runtime
+        seed_everything(rt.seed)
+
+        if rt.sync_bn and self.dist.distributed:
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        self.model = model.to(self.device).train()
+        self.ema = ModelEMA(self.model, recipe.ema.momentum, recipe.ema.gamma) if recipe.ema.enabled else None
+        self.ddp: nn.Module = self.model
+        if self.dist.distributed:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.ddp = nn.parallel.DistributedDataParallel(
+                self.model, device_ids=ids, find_unused_parameters=rt.find_unused_parameters)
+
+        total_batch = recipe.data.batch_size * self.dist.world_size
+        self.optimizer = build_optimizer(self.model, recipe.optim, total_batch)
+        cuda = self.device.type == "cuda"
+        self.amp_dtype = (torch.float16 if cuda and rt.amp else
+                          torch.bfloat16 if not cuda and rt.amp and rt.cpu_amp else None)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype is torch.float16)
+
+        self.epoch, self.iter = 0, 0
+        self.best: dict[str, Any] = {"metric": None, "value": -math.inf, "epoch": -1}
+        self.next_size: tuple[int, int] = tuple(recipe.input_size)
+        self._loader: DataLoader | None = None
+        self._loader_stage = 0
+        # mmengine converts the epoch-based schedule once, with the length of the first (stage-1) loader
+        self.epoch_len = len(self._build_loader(1))
+        if max_iters_per_epoch is not None:
+            self.epoch_len = max(1, min(self.epoch_len, max_iters_per_epoch))
+        self.schedule = LRSchedule(self.optimizer, recipe.schedule, self.epoch_len)
+        if resume:
+            self._resume(resume)
+
+        self._tb = None
+        if self.dist.is_main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            self._metrics = open(self.out_dir / "metrics.jsonl", "a")
+            if tensorboard:
+                try:
+                    from torch.utils.tensorboard import SummaryWriter
+
+                    self._tb = SummaryWriter(str(self.out_dir / "tb"))
+                except ImportError:
+                    log.info("tensorboard is not installed: metrics go to metrics.jsonl only")
+
+    # ------------------------------------------------------------------ data
+    def _build_loader(self, stage: int) -> DataLoader:
+        if self._loader is not None and self._loader_stage == stage:
+            return self._loader
+        dataset = self.data.build_dataset(stage)
+        if len(dataset) == 0:
+            raise ValueError(f"the stage-{stage} training set is empty")
+        # A DistributedSampler also on one process: its order depends only on (seed, epoch), which makes
+        # the data order of a resumed run identical to an uninterrupted one.
+        sampler = DistributedSampler(dataset, num_replicas=self.dist.world_size, rank=self.dist.rank,
+                                     shuffle=True, seed=self.recipe.runtime.seed)
+        self._loader = DataLoader(dataset, batch_size=self.recipe.data.batch_size, sampler=sampler,
+                                  num_workers=self.workers, collate_fn=self.data.collate_fn,
+                                  pin_memory=self.device.type == "cuda", drop_last=False,
+                                  generator=torch.Generator(), persistent_workers=False)
+        self._loader_stage = stage
+        return self._loader
+
+    def _epoch_seed(self, epoch: int) -> int:
+        return (self.recipe.runtime.seed * 1_000_003 + epoch) * 64 + self.dist.rank
+
+    def _draw_size(self) -> tuple[int, int]:
+        """Next batch's square size, drawn on rank 0 and broadcast (§10.3)."""
+        lo, hi = self.recipe.augment.multiscale_range
+        d = self.recipe.augment.size_divisor
+        k = random.randint(math.ceil(lo / d), hi // d)
+        k = du.broadcast_object(k)
+        return (k * d, k * d)
+
+    # ------------------------------------------------------------------ loop
+    def fit(self) -> dict[str, Any]:
+        rec = self.recipe
+        epochs = rec.schedule.epochs
+        for epoch in range(self.epoch, epochs):
+            self.epoch = epoch
+            settings = loss_settings(rec, epoch)
+            apply_loss_settings(self.model, settings)
+            loader = self._build_loader(data_stage(rec, epoch))
+            loader.sampler.set_epoch(epoch)
+            seed = self._epoch_seed(epoch)
+            seed_everything(seed)  # augmentation and multi-scale draws depend on (seed, epoch, rank) only
+            loader.generator.manual_seed(seed)  # worker seeds for this epoch
+            self._train_epoch(loader, epoch)
+            self.epoch = epoch + 1
+            metrics = self._maybe_validate(epoch)
+            self._save(epoch, metrics)
+        self.close()
+        return {"epoch": self.epoch, "iter": self.iter, "best": self.best}
+
+    def _train_epoch(self, loader: DataLoader, epoch: int) -> None:
+        rec, model = self.recipe, self.ddp
+        model.train()
+        n = len(loader) if self.max_iters_per_epoch is None else min(len(loader), self.max_iters_per_epoch)
+        bar = None
+        if self.progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=n, desc=f"epoch {epoch + 1}/{rec.schedule.epochs}", dynamic_ncols=True,
+                       leave=False)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        t0 = time.perf_counter()
+        for i, batch in enumerate(_take(loader, n)):
+            images, targets = batch
+            images = images.to(self.device, non_blocking=True).float()
+            targets = to_device(targets, self.device)
+            resize = self.data.batch_resize or resize_batch
+            images, targets = resize(images, targets, self.next_size)
+            self.next_size = self._draw_size()
+
+            self.schedule.step(self.iter, epoch)
+            with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
+                                enabled=self.amp_dtype is not None):
+                out = self.loss_fn(model, images, targets)
+                loss = total_loss(out)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch} iteration {self.iter}: "
+                                         f"{ {k: float(v.mean()) for k, v in out.items()} }")
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.optimizer)
+            clip = rec.optim.clip_grad
+            grad_norm = nn.utils.clip_grad_norm_(params, clip if clip > 0 else math.inf)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            if self.ema is not None:
+                self.ema.update(self.model)
+            self.iter += 1
+
+            if bar is not None:
+                bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{self.optimizer.param_groups[0]['lr']:.2e}")
+                bar.update()
+            if self.dist.is_main and (i % rec.runtime.log_interval == 0 or i == n - 1):
+                rec_ = {"type": "train", "epoch": epoch, "iter": self.iter, "lr": self._base_lr(),
+                        "grad_norm": float(grad_norm), "size": int(images.shape[-1]),
+                        "sec_per_iter": (time.perf_counter() - t0) / (i + 1)}
+                rec_.update({k: float(v.detach().float().mean()) for k, v in out.items()
+                             if isinstance(v, torch.Tensor)})
+                self._log(rec_)
+        if bar is not None:
+            bar.close()
+
+    def _base_lr(self) -> float:
+        return max(g["lr"] for g in self.optimizer.param_groups)
+
+    # ------------------------------------------------------------------ validation
+    def _val_due(self, epoch: int) -> bool:
+        rt, e = self.recipe.runtime, epoch + 1
+        return (e % rt.val_interval == 0 or epoch >= rt.val_every_epoch_from
+                or e == self.recipe.schedule.epochs)
+
+    def _maybe_validate(self, epoch: int) -> dict[str, float] | None:
+        if self.evaluate is None or not self._val_due(epoch):
+            return None
+        du.average_bn_stats(self.model)  # SyncNormHook
+        if self.ema is not None:
+            du.average_bn_stats(self.ema.module)
+        metrics = None
+        if self.dist.is_main:
+            net = self.ema.module if self.ema is not None else self.model
+            was_training = net.training
+            net.eval()
+            with torch.no_grad():
+                metrics = {k: float(v) for k, v in self.evaluate(net).items()}
+            net.train(was_training)
+            if self.ema is not None:
+                self.ema.module.eval()
+            self._log({"type": "val", "epoch": epoch, "iter": self.iter, **metrics})
+            if self.progress:
+                print(f"epoch {epoch + 1}: " + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+        du.barrier()
+        return metrics
+
+    # ------------------------------------------------------------------ checkpoints
+    def checkpoint(self) -> dict[str, Any]:
+        """Everything a resumed run needs. `state_dict` holds the EMA weights (like the official files, so
+        `ModelManager.get(path)` gives the model that was validated); `model` holds the raw weights."""
+        raw = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
+        ema = {k: v.detach().cpu() for k, v in self.ema.module.state_dict().items()} if self.ema else raw
+        rec = self.recipe
+        return {
+            "meta": {"input_size": list(rec.input_size), "variant": rec.variant,
+                     "num_keypoints": rec.num_keypoints, "recipe": rec.to_dict(), "epoch": self.epoch,
+                     "iter": self.iter, "trainer": "rtmo"},
+            "state_dict": ema,
+            "model": raw,
+            "ema": self.ema.state_dict() if self.ema else None,
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "scheduler": self.schedule.state_dict(),
+            "epoch": self.epoch,
+            "iter": self.iter,
+            "best": dict(self.best),
+            "rng": rng_state(),
+            "data": {"seed": rec.runtime.seed, "epoch": self.epoch, "stage": self._loader_stage,
+                     "next_size": list(self.next_size), "world_size": self.dist.world_size},
+        }
+
+    def _save(self, epoch: int, metrics: dict[str, float] | None) -> None:
+        if not self.dist.is_main:
+            du.barrier()
+            return
+        rt = self.recipe.runtime
+        improved = False
+        if metrics:
+            key = self.best["metric"] or next(iter(metrics))
+            if metrics.get(key, -math.inf) > self.best["value"]:
+                self.best = {"metric": key, "value": metrics[key], "epoch": epoch}
+                improved = True
+        ckpt = self.checkpoint()
+        save_atomic(ckpt, self.out_dir / "last.pth")
+        if improved:
+            save_atomic(ckpt, self.out_dir / "best.pth")
+        if rt.checkpoint_interval > 0 and (epoch + 1) % rt.checkpoint_interval == 0:
+            save_atomic(ckpt, self.out_dir / f"epoch_{epoch + 1}.pth")
+            kept = sorted(self.out_dir.glob("epoch_*.pth"), key=lambda p: int(p.stem.split("_")[1]))
+            for old in kept[:-rt.keep_checkpoints] if rt.keep_checkpoints > 0 else []:
+                old.unlink()
+        du.barrier()
+
+    def _resume(self, path: str | Path) -> None:
+        ckpt = load_checkpoint(path)
+        data = ckpt.get("data", {})
+        if data.get("world_size", self.dist.world_size) != self.dist.world_size:
+            log.warning("resuming a %s-process run on %s processes: the data order will differ",
+                        data.get("world_size"), self.dist.world_size)
+        self.model.load_state_dict(ckpt["model"])
+        if self.ema is not None:
+            self.ema.load_state_dict(ckpt["ema"] or {"steps": 0}, ckpt["state_dict"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scaler.load_state_dict(ckpt["scaler"])
+        self.schedule.load_state_dict(ckpt["scheduler"])
+        self.epoch, self.iter = int(ckpt["epoch"]), int(ckpt["iter"])
+        self.best = dict(ckpt.get("best") or self.best)
+        if "next_size" in data:
+            self.next_size = tuple(data["next_size"])
+        if "rng" in ckpt:
+            set_rng_state(ckpt["rng"])
+
+    # ------------------------------------------------------------------ logging
+    def _log(self, record: dict[str, Any]) -> None:
+        if not self.dist.is_main:
+            return
+        self._metrics.write(json.dumps(record) + "\n")
+        self._metrics.flush()
+        if self._tb is not None:
+            tag = record["type"]
+            for k, v in record.items():
+                if isinstance(v, (int, float)) and k not in ("epoch", "iter", "type"):
+                    self._tb.add_scalar(f"{tag}/{k}", v, record["iter"])
+        if record["type"] == "train":
+            log.info("epoch %d iter %d loss %.4f lr %.3e", record["epoch"], record["iter"],
+                     record.get("loss", float("nan")), record["lr"])
+
+    def close(self) -> None:
+        if self.dist.is_main:
+            if not self._metrics.closed:
+                self._metrics.close()
+            if self._tb is not None:
+                self._tb.close()
+
+
+def _take(it: Iterable, n: int) -> Iterable:
+    for i, x in enumerate(it):
+        if i >= n:
+            break
+        yield x
+
+
+# ----------------------------------------------------------------------------------------- initialisation
+@torch.no_grad()
+def init_weights(model: nn.Module, backbone_checkpoint: str | Path | None = None) -> nn.Module:
+    """Training-from-scratch initialisation of §10.12 (irrelevant when loading a checkpoint).
+
+    Every Conv2d: Kaiming-uniform (a = sqrt(5), fan_in, leaky_relu), bias 0; the neck's ConvModules in
+    `input_proj`, `lateral_convs`, `downsample_convs` and the CSPRep `conv1/2/3`: Kaiming-normal (fan_out,
+    relu) with BN 1/0 (RepVGG blocks keep the model-level init); the projector: Xavier-uniform; `out_cls`
+    bias -4.59512 (prior 0.01); GAU `uv` Xavier-uniform. Then the backbone's `backbone.*` weights (BN
+    statistics included) come from the YOLOX detector checkpoint, when given.
+    """
+    from ..nn.layers import ConvModule
+
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_uniform_(m.weight, a=math.sqrt(5), mode="fan_in", nonlinearity="leaky_relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+    neck = getattr(model, "neck", None)
+    if neck is not None:
+        reinit = [getattr(neck, n, None) for n in ("input_proj", "lateral_convs", "downsample_convs")]
+        for blocks in (getattr(neck, "fpn_blocks", []), getattr(neck, "pan_blocks", [])):
+            reinit += [getattr(b, n, None) for b in blocks for n in ("conv1", "conv2", "conv3")]
+        for container in reinit:
+            for m in (container.modules() if isinstance(container, nn.Module) else []):
+                if isinstance(m, ConvModule):
+                    nn.init.kaiming_normal_(m.conv.weight, mode="fan_out", nonlinearity="relu")
+                    if isinstance(m.bn, nn.BatchNorm2d):
+                        nn.init.ones_(m.bn.weight)
+                        nn.init.zeros_(m.bn.bias)
+        for m in getattr(neck, "projector", nn.Module()).modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.xavier_uniform_(m.weight)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+    head = getattr(model, "head", None)
+    if head is not None:
+        for conv in head.head_module.out_cls:
+            nn.init.constant_(conv.bias, -4.59512)
+        nn.init.xavier_uniform_(head.dcc.gau.uv.weight)
+    if backbone_checkpoint:
+        load_backbone(model, backbone_checkpoint)
+    return model
+
+
+def load_backbone(model: nn.Module, checkpoint: str | Path) -> None:
+    """Copy the `backbone.*` entries of a detector checkpoint (path or URL) into `model.backbone`."""
+    from ..zoo import cache_dir, read_checkpoint
+
+    path = str(checkpoint)
+    if path.startswith(("http://", "https://")):
+        local = cache_dir() / path.rsplit("/", 1)[-1]
+        if not local.is_file():
+            local.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                torch.hub.download_url_to_file(path, str(local), progress=True)
+            except Exception as e:  # noqa: BLE001 - any network failure gets the same advice
+                raise RuntimeError(f"could not download the backbone checkpoint {path} ({e}); download it "
+                                   f"by hand to {local} or pass a local path") from None
+        path = str(local)
+    state, _ = read_checkpoint(path)
+    sub = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
+    if not sub:
+        raise ValueError(f"{checkpoint} has no 'backbone.*' weights")
+    missing, unexpected = model.backbone.load_state_dict(sub, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"{checkpoint} does not fit this backbone: missing {missing[:5]}, "
+                         f"unexpected {unexpected[:5]}")
+
+
+# ----------------------------------------------------------------------------------------- entry point
+def train(recipe: TrainRecipe | str | Path, *, data_root: str | Path | None = None,
+          out_dir: str | Path = "runs/train", epochs: int | None = None, batch_size: int | None = None,
+          device: str | None = None, workers: int | None = None, resume: str | Path | bool | None = None,
+          init_from: str | Path | None = None, backbone_init: str | None = None, amp: bool | None = None,
+          seed: int | None = None, max_iters_per_epoch: int | None = None, data: TrainData | None = None,
+          evaluate: Evaluator | None | bool = True, progress: bool = True) -> dict[str, Any]:
+    """Train an RTMO model following `recipe` (a `TrainRecipe`, an official config name or a TOML path).
+
+    `epochs` rescales the schedule: every epoch milestone (warm-up, cosines, bump, switches, validation
+    from) is multiplied by `epochs / recipe epochs`, keeping the shape of the official schedule.
+    `resume=True` continues from `out_dir/last.pth`; `init_from` loads weights (e.g. an official
+    checkpoint) before training; `backbone_init` overrides the recipe's YOLOX checkpoint ('' for none).
+    """
+    from ..config import RTMOConfig
+    from ..model import RTMO
+
+    if not isinstance(recipe, TrainRecipe):
+        recipe = TrainRecipe.load(recipe)
+    over: dict[str, Any] = {}
+    if data_root is not None:
+        over["data.root"] = str(data_root)
+    if batch_size is not None:
+        over["data.batch_size"] = int(batch_size)
+    if amp is not None:
+        over["runtime.amp"] = over["runtime.cpu_amp"] = bool(amp)
+    if seed is not None:
+        over["runtime.seed"] = int(seed)
+    if backbone_init is not None:
+        over["backbone_init"] = backbone_init
+    recipe = recipe.with_overrides(**over)
+    if epochs is not None:
+        recipe = scale_epochs(recipe, epochs)
+
+    out_dir = Path(out_dir)
+    if resume is True:
+        resume = out_dir / "last.pth"
+    cfg = RTMOConfig.preset(recipe.variant, recipe.num_keypoints)
+    cfg.input_size = tuple(recipe.input_size)
+    model = RTMO(cfg)
+    if init_from:
+        from ..zoo import load_state_dict_checked, read_checkpoint
+
+        load_state_dict_checked(model, read_checkpoint(init_from)[0])
+    elif not resume:
+        init_weights(model, recipe.backbone_init or None)
+    if data is None:
+        data = default_train_data(recipe)
+    if evaluate is True:
+        evaluate = default_evaluator(recipe)
+    trainer = Trainer(model, recipe, data, out_dir, device=device, evaluate=evaluate or None,
+                      resume=resume or None, workers=workers, max_iters_per_epoch=max_iters_per_epoch,
+                      progress=progress)
+    try:
+        return trainer.fit()
+    finally:
+        trainer.close()
+        du.cleanup()
+
+
+def scale_epochs(recipe: TrainRecipe, epochs: int) -> TrainRecipe:
+    """The recipe with its epoch milestones rescaled to `epochs` total (short runs with the same shape)."""
+    if epochs < 1:
+        raise ValueError(f"epochs must be >= 1, got {epochs}")
+    s, rt = recipe.schedule, recipe.runtime
+    f = epochs / s.epochs
+
+    def e(v: int) -> int:
+        return int(round(v * f))
+
+    def tri(t: tuple[int, int, int]) -> list[int]:
+        return [e(t[0]), max(e(t[1]), e(t[0])), max(e(t[2]), 1)]
+
+    return recipe.with_overrides(**{
+        "schedule.epochs": epochs, "schedule.warmup_epochs": max(e(s.warmup_epochs), 1 if epochs > 1 else 0),
+        "schedule.cosine1": tri(s.cosine1), "schedule.bump_epoch": e(s.bump_epoch),
+        "schedule.cosine2": tri(s.cosine2), "schedule.head_switch_epoch": e(s.head_switch_epoch),
+        "schedule.num_last_epochs": min(e(s.num_last_epochs), epochs - 1),
+        "runtime.val_interval": max(e(rt.val_interval), 1),
+        "runtime.val_every_epoch_from": e(rt.val_every_epoch_from),
+        "runtime.checkpoint_interval": max(e(rt.checkpoint_interval), 1),
+    })
+
+
+def default_train_data(recipe: TrainRecipe) -> TrainData:
+    """The COCO/CrowdPose/body7 pipeline of `rtmo.train.dataset` for this recipe."""
+    try:
+        from . import dataset as ds
+    except ImportError as e:
+        raise RuntimeError(f"the training data pipeline (rtmo.train.dataset) is not available: {e}") from None
+    return ds.build_train_data(recipe)
+
+
+def default_evaluator(recipe: TrainRecipe) -> Evaluator | None:
+    """COCO / CrowdPose keypoint AP on the recipe's validation set (rank 0, EMA weights); None when the
+    evaluation module or the validation annotations are missing."""
+    ann = Path(recipe.data.root) / recipe.data.val_ann_file
+    if not ann.is_file():
+        log.warning("validation annotations %s not found: training without validation", ann)
+        return None
+    try:
+        from .. import evaluate as ev
+    except ImportError:
+        log.warning("rtmo.evaluate is not available: training without validation")
+        return None
+    img_dir = Path(recipe.data.root) / recipe.data.val_img_prefix
+    crowd = recipe.data.crowd_metric
+
+    def run(model: nn.Module) -> dict[str, float]:
+        return ev.evaluate_model(model, ann, img_dir, crowd=crowd)
+
+    return run
