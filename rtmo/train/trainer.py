@@ -299,9 +299,13 @@ class Trainer:
         return (k * d, k * d)
 
     # ------------------------------------------------------------------ loop
-    def fit(self) -> dict[str, Any]:
+    def fit(self, stop_after_epoch: int | None = None) -> dict[str, Any]:
+        """Train to the recipe's last epoch (or stop once `stop_after_epoch` epochs are done, as an
+        interruption would; `last.pth` then resumes the same run)."""
         rec = self.recipe
         epochs = rec.schedule.epochs
+        if stop_after_epoch is not None:
+            epochs = min(stop_after_epoch, epochs)
         for epoch in range(self.epoch, epochs):
             self.epoch = epoch
             settings = loss_settings(rec, epoch)
