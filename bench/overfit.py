@@ -1,0 +1,173 @@
+"""Overfit check: train RTMO from scratch on the 4 annotated COCO images of ../shared/data/coco and watch the
+COCO keypoint AP (pycocotools, on the same 4 images) rise. A training-path smoke test, not a benchmark of
+accuracy: the numbers only say that assignment, losses, optimiser and schedule work together.
+
+    python bench/overfit.py --variant t --size 256 --epochs 300 --eval-every 25
+    python bench/overfit.py --backbone resnet18 ...   # ResNet-18 backbone (no pretrained weights here)
+
+Prints the loss/AP curve and seconds per iteration; writes the curve as JSON with --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from rtmo import RTMO, RTMOConfig
+from rtmo.ops.letterbox import get_warp_matrix, letterbox_params
+from rtmo.train.recipes import TrainRecipe
+from rtmo.train.trainer import TrainData, Trainer, init_weights, scale_epochs
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "coco"
+
+
+def load_samples(ann_file: Path, size: int) -> list[tuple[torch.Tensor, dict]]:
+    """The annotated images, letterboxed to size x size with their people warped alike (the stage-2
+    geometry without augmentation), filtered as FilterAnnotations does (box > 1 px, >= 1 visible keypoint)."""
+    coco = json.loads(ann_file.read_text())
+    by_img: dict[int, list] = {}
+    for a in coco["annotations"]:
+        by_img.setdefault(a["image_id"], []).append(a)
+    samples = []
+    for info in sorted(coco["images"], key=lambda i: i["file_name"]):
+        img = cv2.imread(str(ann_file.parent / info["file_name"]))
+        if img is None:
+            raise FileNotFoundError(ann_file.parent / info["file_name"])
+        h, w = img.shape[:2]
+        center, scale = letterbox_params(w, h, (size, size))
+        mat = get_warp_matrix(center, scale, (size, size))
+        canvas = cv2.warpAffine(img, mat, (size, size), flags=cv2.INTER_LINEAR, borderValue=(114, 114, 114))
+        boxes, kpts, vis, areas = [], [], [], []
+        for a in by_img.get(info["id"], []):
+            if a.get("iscrowd", 0):
+                continue
+            x, y, bw, bh = a["bbox"]
+            corners = np.array([[np.clip(x, 0, w - 1), np.clip(y, 0, h - 1)],
+                                [np.clip(x + bw, 0, w - 1), np.clip(y + bh, 0, h - 1)]], np.float32)
+            k = np.asarray(a["keypoints"], np.float32).reshape(-1, 3)
+            pts = np.concatenate([corners, k[:, :2]]) @ mat[:, :2].T + mat[:, 2]
+            box = np.clip(pts[:2].reshape(4), 0, size)
+            v = np.minimum(k[:, 2], 1)
+            v[(pts[2:] < 0).any(1) | (pts[2:] > size).any(1)] = 0
+            if box[2] - box[0] <= 1 or box[3] - box[1] <= 1 or v.sum() < 1:
+                continue
+            boxes.append(box)
+            kpts.append(pts[2:])
+            vis.append(v)
+            areas.append(a["area"] * abs(np.linalg.det(mat[:, :2])))
+        target = {"bboxes": torch.tensor(np.array(boxes), dtype=torch.float32).reshape(-1, 4),
+                  "keypoints": torch.tensor(np.array(kpts), dtype=torch.float32).reshape(len(kpts), -1, 2),
+                  "keypoints_visible": torch.tensor(np.array(vis), dtype=torch.float32).reshape(len(vis), -1),
+                  "areas": torch.tensor(areas, dtype=torch.float32),
+                  "labels": torch.zeros(len(boxes), dtype=torch.long)}
+        image = torch.from_numpy(np.ascontiguousarray(canvas.transpose(2, 0, 1)))
+        samples.append((image, target))
+    return samples
+
+
+def collate(samples: list) -> tuple[torch.Tensor, list]:
+    from rtmo.train.losses import Targets
+
+    images = torch.stack([s[0] for s in samples]).float()
+    return images, [Targets(**s[1]) for s in samples]
+
+
+class Fixed(torch.utils.data.Dataset):
+    def __init__(self, samples: list):
+        self.samples = samples
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int):
+        return self.samples[i]
+
+
+def coco_ap(model: RTMO, ann_file: Path) -> dict[str, float]:
+    """Keypoint AP of `model` on the annotated images (rtmo.evaluate: pycocotools, score_mode='bbox')."""
+    from rtmo.evaluate import evaluate_model
+
+    m = evaluate_model(model, ann_file.parent, ann_file, protocol="coco", batch_size=4)
+    return {"AP": float(m["AP"]), "AP50": float(m["AP50"])}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--variant", default="t", choices=["t", "s"])
+    ap.add_argument("--backbone", default="csp", choices=["csp", "resnet18"])
+    ap.add_argument("--size", type=int, default=256, help="input size (multiple of 32)")
+    ap.add_argument("--epochs", type=int, default=300, help="1 iteration per epoch (4 images)")
+    ap.add_argument("--eval-every", type=int, default=25)
+    ap.add_argument("--lr", type=float, default=0.004)
+    ap.add_argument("--ema", action="store_true", help="validate the EMA weights (the recipe's default; with "
+                    "momentum 2e-4 they trail the model for the first ~2000 iterations)")
+    ap.add_argument("--ann", type=Path, default=DATA / "test_coco.json")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", type=Path, default=None, help="write the curve as JSON here")
+    ap.add_argument("--run-dir", type=Path, default=Path("runs/overfit"))
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    if not args.ann.is_file():
+        print(f"annotations not found: {args.ann}", file=sys.stderr)
+        return 2
+    if args.size % 32:
+        print("--size must be a multiple of 32", file=sys.stderr)
+        return 2
+
+    name = "rtmo-t_8xb32-600e_body7-416x416" if args.variant == "t" else "rtmo-s_8xb32-600e_coco-640x640"
+    recipe = TrainRecipe.load(name).with_overrides(**{
+        "input_size": [args.size, args.size], "augment.multiscale_range": [args.size, args.size],
+        "data.batch_size": 4, "data.workers": 0, "optim.lr": args.lr, "ema.enabled": args.ema,
+        "runtime.log_interval": 1, "runtime.checkpoint_interval": 10**9})
+    recipe = scale_epochs(recipe, args.epochs)
+    recipe = recipe.with_overrides(**{"runtime.val_interval": args.eval_every})
+    cfg = RTMOConfig.preset(args.variant)
+    if args.backbone == "resnet18":
+        from rtmo.config import ResNetConfig
+
+        cfg.backbone_config = ResNetConfig(depth=18, widen_factor=cfg.widen_factor,
+                                           deepen_factor=cfg.deepen_factor)
+    cfg.input_size = (args.size, args.size)
+    torch.manual_seed(0)
+    model = init_weights(RTMO(cfg))  # from scratch: no YOLOX backbone (no network here)
+    samples = load_samples(args.ann, args.size)
+    print(f"{args.variant} ({args.backbone}) at {args.size}x{args.size}: {len(samples)} images, "
+          f"{sum(len(t['bboxes']) for _, t in samples)} people, {args.epochs} iterations")
+
+    curve: list[dict] = []
+    t_start = time.perf_counter()
+
+    def evaluate(net: RTMO) -> dict[str, float]:
+        m = coco_ap(net, args.ann)
+        m["seconds"] = time.perf_counter() - t_start
+        curve.append({"iter": trainer.iter, **m})
+        return m
+
+    trainer = Trainer(model, recipe, TrainData(lambda stage: Fixed(samples), collate), args.run_dir,
+                      device=args.device, evaluate=evaluate, progress=False, tensorboard=False)
+    trainer.fit()
+    losses = [json.loads(line) for line in open(args.run_dir / "metrics.jsonl")]
+    train_recs = [r for r in losses if r["type"] == "train"][-args.epochs:]
+    sec_it = float(np.median([r["sec_per_iter"] for r in train_recs]))
+    print(f"{'iter':>6} {'loss':>9} {'AP':>7} {'AP50':>7}")
+    by_iter = {r["iter"]: r for r in train_recs}
+    for c in curve:
+        loss = by_iter.get(c["iter"], {}).get("loss", float("nan"))
+        print(f"{c['iter']:6d} {loss:9.3f} {c['AP']:7.3f} {c['AP50']:7.3f}")
+    print(f"seconds/iteration (batch 4, {args.device}, {args.threads} threads): {sec_it:.3f}")
+    if args.out:
+        args.out.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "curve": curve,
+                                        "sec_per_iter": sec_it}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
