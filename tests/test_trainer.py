@@ -388,3 +388,17 @@ def test_recipes_hold_the_official_settings():
         TrainRecipe.from_dict({"optim": {"lrr": 1}})
     with pytest.raises(FileNotFoundError, match="no recipe"):
         TrainRecipe.load("rtmo-x")
+
+
+def test_cpu_bf16_autocast_is_opt_in(tmp_path):
+    runs = {}
+    for amp in (False, True):
+        torch.manual_seed(0)
+        recipe = toy_recipe(epochs=1, multiscale=(32, 32)).with_overrides(**{"runtime.cpu_amp": amp})
+        tr = Trainer(ToyNet(), recipe, toy_data(noisy=False), tmp_path / str(amp), progress=False)
+        assert tr.amp_dtype == (torch.bfloat16 if amp else None) and not tr.scaler.is_enabled()
+        tr.fit()
+        runs[amp] = read_losses(tmp_path / str(amp) / "metrics.jsonl")
+    # bf16 keeps ~3 significant digits: same losses to 2e-2, but not bit-identical (autocast was active)
+    np.testing.assert_allclose(runs[True], runs[False], rtol=2e-2)
+    assert runs[True] != runs[False]

@@ -383,7 +383,10 @@ class Trainer:
             self.iter += 1
 
             if bar is not None:
-                bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{self.optimizer.param_groups[0]['lr']:.2e}")
+                sec = (time.perf_counter() - t0) / (i + 1)
+                left = (rec.schedule.epochs - epoch - 1) * n + n - i - 1
+                bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{self._base_lr():.2e}",
+                                eta=_hms(sec * left))
                 bar.update()
             if self.dist.is_main and (i % rec.runtime.log_interval == 0 or i == n - 1):
                 rec_ = {"type": "train", "epoch": epoch, "iter": self.iter, "lr": self._base_lr(),
@@ -515,6 +518,12 @@ class Trainer:
                 self._tb.close()
 
 
+def _hms(seconds: float) -> str:
+    m, s = divmod(int(seconds), 60)
+    h, m = divmod(m, 60)
+    return f"{h}:{m:02d}:{s:02d}"
+
+
 def _take(it: Iterable, n: int) -> Iterable:
     for i, x in enumerate(it):
         if i >= n:
@@ -626,6 +635,10 @@ def train(recipe: TrainRecipe | str | Path, *, data_root: str | Path | None = No
     if epochs is not None:
         recipe = scale_epochs(recipe, epochs)
 
+    if not logging.getLogger().handlers:  # rank 0 logs; the other ranks only warn
+        rank0 = int(os.environ.get("RANK", "0")) == 0
+        logging.basicConfig(level=logging.INFO if rank0 else logging.WARNING,
+                            format="%(asctime)s %(name)s %(levelname)s: %(message)s")
     out_dir = Path(out_dir)
     if resume is True:
         resume = out_dir / "last.pth"
