@@ -33,3 +33,37 @@ def export(model: Any, path: str | Path | None = None, format: str = "onnx", **k
 
 __all__ = ["export", "export_onnx", "read_metadata", "OnnxRuntimeModel", "OpenVINOModel", "TensorRTModel",
            "build_engine", "load_exported", "FORMATS"]
+
+
+def add_export_parser(subparsers: Any) -> Any:
+    """`rtmo export MODEL [-o out.onnx] [--format onnx|openvino|tensorrt]`; sets `func`."""
+    p = subparsers.add_parser("export", help="export a model to ONNX (NMS and DCC inside the graph)")
+    p.add_argument("model", help="checkpoint path or official model name")
+    p.add_argument("-o", "--output", default=None, help="output file (default rtmo-<variant>.onnx)")
+    p.add_argument("--format", default="onnx", choices=FORMATS)
+    p.add_argument("--opset", type=int, default=17)
+    p.add_argument("--static-batch", action="store_true", help="fixed batch 1 instead of a dynamic batch")
+    p.add_argument("--dynamic-hw", action="store_true", help="dynamic input height and width")
+    p.add_argument("--score-thr", type=float, default=None, help="baked-in score threshold (default: config)")
+    p.add_argument("--nms-thr", type=float, default=None, help="baked-in NMS IoU threshold (default: config)")
+    p.add_argument("--no-simplify", action="store_true")
+    p.add_argument("--no-check", action="store_true", help="skip the ONNX Runtime vs PyTorch check")
+    p.add_argument("--check-images", nargs="*", default=None, help="images for the check")
+    p.add_argument("--fp32", action="store_true", help="TensorRT: no fp16")
+    p.set_defaults(func=run_export_cli)
+    return p
+
+
+def run_export_cli(args: Any) -> int:
+    from ..zoo import ModelManager
+
+    model = ModelManager.get(args.model, device="cpu")
+    kwargs: dict[str, Any] = dict(
+        dynamic_batch=not args.static_batch, dynamic_hw=args.dynamic_hw, opset=args.opset,
+        simplify=not args.no_simplify, score_thr=args.score_thr, nms_thr=args.nms_thr,
+        check=not args.no_check, check_images=args.check_images)
+    if args.format == "tensorrt":
+        kwargs["half"] = not args.fp32
+    out = export(model, args.output, args.format, **kwargs)
+    print(f"wrote {out}")
+    return 0
