@@ -343,10 +343,18 @@ def predict_dataset(model: Any, images_dir: str | os.PathLike, ann_file: AnnSour
             raise EvaluationError(f"image {img['id']}: {p} not found")
         items.append((img["id"], str(p)))
     records: list[dict] = []
-    for s in range(0, len(items), batch_size):
-        chunk = items[s:s + batch_size]
-        results = model.infer([p for _, p in chunk])
-        records.extend(results_to_coco(results, [i for i, _ in chunk], category_id))
+    # validation may be called from a training loop: predict in eval mode, then restore the mode
+    was_training = getattr(model, "training", False)
+    if was_training:
+        model.eval()
+    try:
+        for s in range(0, len(items), batch_size):
+            chunk = items[s:s + batch_size]
+            results = model.infer([p for _, p in chunk])
+            records.extend(results_to_coco(results, [i for i, _ in chunk], category_id))
+    finally:
+        if was_training:
+            model.train()
     return records
 
 

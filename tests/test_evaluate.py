@@ -276,9 +276,18 @@ class _OracleModel:
         results = _results_from_gt(gt, kinfo)
         self.by_name = {im["file_name"]: results[im["id"]] for im in gt["images"]}
         self.calls: list[int] = []
+        self.training = True
+        self.modes: list[bool] = []
+
+    def eval(self):
+        self.training = False
+
+    def train(self, mode: bool = True):
+        self.training = mode
 
     def infer(self, paths):
         self.calls.append(len(paths))
+        self.modes.append(self.training)
         return [self.by_name[Path(p).name] for p in paths]
 
 
@@ -288,6 +297,7 @@ def test_evaluate_model_and_run_val(tmp_path, capsys):
     res_file = tmp_path / "res.json"
     m = evaluate_model(model, COCO_ANN.parent, COCO_ANN, "coco", batch_size=3, results_file=res_file)
     assert model.calls == [3, 1]  # 4 images in batches of 3
+    assert model.modes == [False, False] and model.training  # predicted in eval mode, mode restored
     assert m == {k: 1.0 for k in COCO_METRICS}
     out = tmp_path / "sub" / "metrics.json"
     again = run_val(COCO_ANN, results=res_file, output=out)
