@@ -247,6 +247,11 @@ def test_tensorrt_absent_gives_clear_error(tmp_path):
         TensorRTModel(tmp_path / "x.engine")
 
 
+def test_dynamic_hw_is_refused_not_silently_wrong(tmp_path):
+    with pytest.raises(NotImplementedError, match="dynamic_hw"):
+        export_onnx(RTMO(RTMOConfig.preset("t")), tmp_path / "x.onnx", dynamic_hw=True)
+
+
 def test_bad_paths_are_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.onnx"):
         OnnxRuntimeModel(tmp_path / "nope.onnx")

@@ -175,6 +175,11 @@ def export_onnx(model: nn.Module, path: str | Path, dynamic_batch: bool = True, 
     """
     import onnx
 
+    if dynamic_hw:
+        # Traced at one size, the graph silently keeps size-dependent constants (priors / neck position
+        # encoding gave wrong boxes at 320x512 in a trial): refuse rather than export a wrong file.
+        raise NotImplementedError("dynamic_hw export is not supported yet; export one file per input size "
+                                  "(set model.config.input_size before exporting)")
     if opset < 11:
         raise ValueError(f"opset {opset} is too old: NonMaxSuppression with score threshold needs >= 11")
     path = Path(path)
