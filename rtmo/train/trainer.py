@@ -644,6 +644,7 @@ def train(recipe: TrainRecipe | str | Path, *, data_root: str | Path | None = No
         resume = out_dir / "last.pth"
     cfg = RTMOConfig.preset(recipe.variant, recipe.num_keypoints)
     cfg.input_size = tuple(recipe.input_size)
+    seed_everything(recipe.runtime.seed)  # the same initial weights on every rank and every run
     model = RTMO(cfg)
     if init_from:
         from ..zoo import load_state_dict_checked, read_checkpoint
