@@ -691,11 +691,15 @@ def scale_epochs(recipe: TrainRecipe, epochs: int) -> TrainRecipe:
 
 
 def default_train_data(recipe: TrainRecipe) -> TrainData:
-    """The COCO/CrowdPose/body7 pipeline of `rtmo.train.dataset` for this recipe."""
+    """The COCO/CrowdPose/body7 pipeline for this recipe: `rtmo.train.dataset.build_train_data(recipe)`,
+    which returns a `TrainData` (stage-1/stage-2 datasets, collate, batch resize)."""
     try:
         from . import dataset as ds
     except ImportError as e:
         raise RuntimeError(f"the training data pipeline (rtmo.train.dataset) is not available: {e}") from None
+    if not hasattr(ds, "build_train_data"):
+        raise RuntimeError("rtmo.train.dataset has no build_train_data(recipe) -> TrainData; pass `data=` "
+                           "to train() instead")
     return ds.build_train_data(recipe)
 
 
