@@ -1,0 +1,1 @@
+"""Training: SimOTA assignment, losses, optimiser/schedule/EMA and the trainer loop."""
