@@ -12,7 +12,8 @@ Two parts:
              false positives), so the same measures have a meaning: id switches counted as in MOT against
              the true identities, and keypoint error against the true positions.
 
-    python bench/video_stability.py --model PATH_OR_NAME [--video FILE] [--json out.json] [--synthetic-only]
+    python bench/video_stability.py --model PATH_OR_NAME [--video FILE] [--json out.json]
+        [--synthetic-only] [--seeds 5]
 """
 
 from __future__ import annotations
@@ -284,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seeds", type=int, default=5, help="synthetic scenes to average")
     ap.add_argument("--synthetic-only", action="store_true")
-    ap.add_argument("--json", default="video_stability.json")
+    ap.add_argument("--json", default="outputs/video_stability.json")
     args = ap.parse_args(argv)
 
     report = {"tracker_config": vars(TrackerConfig()), "one_euro_config": vars(OneEuroConfig())}
@@ -317,6 +318,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'  frame-to-frame motion':<28}{s['disp_true_rel']:>12.4f}{s['disp_raw_rel']:>10.4f}"
           f"{s['disp_smooth_rel']:>10.4f}")
     print(f"{'  error vs truth':<28}{0:>12.4f}{s['err_raw_rel']:>10.4f}{s['err_smooth_rel']:>10.4f}")
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(report, indent=2, default=str))
     print(f"\nwrote {args.json}")
     return 0

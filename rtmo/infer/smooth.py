@@ -79,7 +79,8 @@ class OneEuroFilter:
 class PoseSmoother:
     """One-Euro smoothing of each tracked person's keypoints (and boxes), keyed by track id.
 
-    Feed it the output of `Tracker.update`, frame by frame. Detections with track id -1 pass through
+    Feed it the output of `Tracker.update`, frame by frame (the tracker itself should see the raw detections:
+    smoothed boxes lag, which would only blur its motion model). Detections with track id -1 pass through
     untouched. The time of a frame is `result.timestamp` (seconds); without one, `result.frame_index / fps`;
     without either, frames are taken to be 1/fps apart. A track's filter state is dropped once the track has
     not been seen for more than `max_gap` seconds, so a person who comes back later starts afresh.
