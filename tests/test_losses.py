@@ -298,6 +298,24 @@ def test_no_gt_image_keeps_graph() -> None:
         compute_losses(model, images, [empty, empty])
 
 
+def test_single_positive_train_mode_bf16() -> None:
+    """One person, one positive: the DCC's train-mode BatchNorm1d falls back to running statistics (mmpose
+    would raise); the assignment runs in float32 under autocast; every term is finite and backpropagates."""
+    torch.manual_seed(0)
+    model = RTMO(RTMOConfig.preset("t"))
+    model.train()
+    model.loss_config = LossConfig.preset("t", "body7", 3)
+    person = Targets(torch.tensor([[10.0, 10, 100, 120]]), torch.rand(1, 17, 2) * 80 + 20, torch.ones(1, 17),
+                     torch.tensor([5000.0]), heatmap_mask=torch.zeros(128, 128))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(torch.rand(1, 3, 128, 128) * 255, [person])
+    assert float(out["num_pos"]) == 1.0 and set(TERMS) <= set(out)
+    assert all(torch.isfinite(out[k]).all() for k in TERMS)
+    out["loss"].backward()
+    assert model.head.dcc.pose_to_kpts[1].training  # mode restored
+    assert model.head.dcc.sigma_fc[0].weight.grad.abs().sum() > 0  # MLE reaches the learned sigmas
+
+
 if __name__ == "__main__":  # print the worst deviation of each quantity over all runs
     worst: dict[str, float] = {}
     for run in RUNS:

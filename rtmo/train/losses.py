@@ -227,7 +227,8 @@ def head_losses(model: torch.nn.Module, maps: HeadMaps, targets: list[Targets], 
     boxes = decode_boxes(bbox_raw, priors, strides)
     kpts = kpt_raw.reshape(b, n, k, 2) * strides[:, None, None] + priors[:, None, :]
 
-    # 1. assignment, per image, on detached predictions
+    # 1. assignment, per image, on detached float32 predictions (autocast off: mmpose does the same for its
+    #    BCE cost, which CUDA autocast would refuse)
     with torch.no_grad():
         scores = cls.detach().clip(min=-1e4, max=1e4).sigmoid()
         scores = torch.where(torch.isnan(scores), torch.zeros_like(scores), scores).sqrt()[..., 0]
@@ -237,8 +238,10 @@ def head_losses(model: torch.nn.Module, maps: HeadMaps, targets: list[Targets], 
     for i, t in enumerate(targets):
         if t.keypoints.shape[1] != k:
             raise ValueError(f"targets[{i}] has {t.keypoints.shape[1]} keypoints, the model {k}")
-        a = simota_assign(priors, strides, boxes[i].detach(), scores[i], kpts[i].detach(), t.bboxes.float(),
-                          t.keypoints.float(), t.keypoints_visible.float(), t.areas.float(), sigmas, sim_cfg)
+        with torch.autocast(cls.device.type, enabled=False):
+            a = simota_assign(priors, strides, boxes[i].detach().float(), scores[i].float(),
+                              kpts[i].detach().float(), t.bboxes.float(), t.keypoints.float(),
+                              t.keypoints_visible.float(), t.areas.float(), sigmas, sim_cfg)
         assigns.append(a)
         p = a.pos_idx
         pos_b.append(torch.full_like(p, i))
@@ -282,7 +285,7 @@ def head_losses(model: torch.nn.Module, maps: HeadMaps, targets: list[Targets], 
         # DCC on all positives of the batch at once (its BatchNorm1d normalises over them in train mode)
         pose = pos_pose_vecs if pos_pose_vecs is not None else flatten_maps(maps.pose)[pos_b, pos_p]
         bbox_cs = xyxy_to_cs(pos_boxes, model.config.bbox_padding)
-        kpt_cc, hms, dcc_sigmas = head.dcc.forward_train(pose, bbox_cs, priors[pos_p])
+        kpt_cc, hms, dcc_sigmas = _dcc_forward_train(head.dcc, pose, bbox_cs, priors[pos_p])
         if cfg.mle_weight > 0:
             dcc = head.dcc
             tgt_hms = mle_target_heatmaps(kpt_t, bbox_cs, dcc_sigmas, area_t, dcc.x_bins, dcc.y_bins)
@@ -335,3 +338,19 @@ def _ignore_weight(mask: torch.Tensor | None, kpts: torch.Tensor, vis_prob: torc
     sample = F.grid_sample(mask.float()[None, None], grid, mode="bilinear", padding_mode="zeros",
                            align_corners=False)
     return 1.0 - sample.reshape(n)
+
+
+def _dcc_forward_train(dcc: torch.nn.Module, pose: torch.Tensor, bbox_cs: torch.Tensor, grids: torch.Tensor
+                       ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """`DCC.forward_train`; with a single positive, its train-mode BatchNorm1d cannot compute batch statistics
+    (mmpose raises there), so that one call normalises with the running statistics instead."""
+    bns = [m for m in dcc.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.training]
+    if pose.shape[0] > 1 or not bns:
+        return dcc.forward_train(pose, bbox_cs, grids)
+    for m in bns:
+        m.eval()
+    try:
+        return dcc.forward_train(pose, bbox_cs, grids)
+    finally:
+        for m in bns:
+            m.train()
