@@ -1,0 +1,529 @@
+"""COCO-format keypoint datasets for training (reference §10.1, §1.6-1.7), their body7 combination, and the
+collate function that builds the batch the losses expect.
+
+`CocoPoseDataset` parses a COCO keypoint JSON (any number of keypoints) into one record per image, as
+mmpose's bottom-up `CocoDataset` does: every annotation with a box and keypoints is an instance (crowd and
+unlabelled ones too: `FilterAnnotations` removes them after augmentation, and their polygons feed the
+heatmap mask). Malformed annotations are skipped and reported with their id, never fatal. `TrainDataset`
+runs a stage-1/stage-2 pipeline of `rtmo.train.transforms` on it; `collate` stacks samples into
+`(images (B,3,S,S) float32 BGR, list[Targets])`; `build_train_data(recipe)` wires it all for the trainer.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from ..config import COCO_KEYPOINTS, CROWDPOSE_KEYPOINTS, KeypointInfo
+from .transforms import (
+    BatchResizeConfig,
+    PoseSample,
+    Rng,
+    Stage1Config,
+    Stage1Pipeline,
+    Stage2Config,
+    Stage2Pipeline,
+    resize_batch,
+)
+
+__all__ = [
+    "BODY7_TO_COCO", "BODY7_TO_CROWDPOSE", "CombinedDataset", "CocoPoseDataset", "KeypointConverter",
+    "PoseSample", "TrainDataset", "build_train_data", "collate", "flip_indices_from_names",
+]
+
+# Fallback OKS sigma for a custom keypoint set without given sigmas (the mean of the COCO sigmas, rounded).
+DEFAULT_SIGMA = 0.07
+
+
+# ----------------------------------------------------------------------------------------- body7 tables
+def _pairs(*p: int) -> tuple[tuple[int, int], ...]:
+    return tuple(zip(p[0::2], p[1::2]))
+
+
+_IDENTITY17 = tuple((i, i) for i in range(17))
+_COCO_BODY_TO_CROWDPOSE = tuple((i, i - 5) for i in range(5, 17))
+
+# (source index, target index) pairs of mmpose's KeypointConverter in the body7 configs (§1.7).
+BODY7_TO_COCO: dict[str, tuple[tuple[int, int], ...]] = {
+    "coco": _IDENTITY17,
+    "aic": _pairs(0, 6, 1, 8, 2, 10, 3, 5, 4, 7, 5, 9, 6, 12, 7, 14, 8, 16, 9, 11, 10, 13, 11, 15),
+    "crowdpose": _pairs(0, 5, 1, 6, 2, 7, 3, 8, 4, 9, 5, 10, 6, 11, 7, 12, 8, 13, 9, 14, 10, 15, 11, 16),
+    "mpii": _pairs(0, 16, 1, 14, 2, 12, 3, 11, 4, 13, 5, 15, 10, 10, 11, 8, 12, 6, 13, 5, 14, 7, 15, 9),
+    "jhmdb": _pairs(3, 6, 4, 5, 5, 12, 6, 11, 7, 8, 8, 7, 9, 14, 10, 13, 11, 10, 12, 9, 13, 16, 14, 15),
+    "halpe": _IDENTITY17,
+    "posetrack": ((0, 0),) + tuple((i, i) for i in range(3, 17)),
+}
+BODY7_TO_CROWDPOSE: dict[str, tuple[tuple[int, int], ...]] = {
+    "coco": _COCO_BODY_TO_CROWDPOSE,
+    "aic": _pairs(3, 0, 0, 1, 4, 2, 1, 3, 5, 4, 2, 5, 9, 6, 6, 7, 10, 8, 7, 9, 11, 10, 8, 11, 12, 12, 13, 13),
+    "crowdpose": tuple((i, i) for i in range(14)),
+    "mpii": _pairs(13, 0, 12, 1, 14, 2, 11, 3, 15, 4, 10, 5, 3, 6, 2, 7, 4, 8, 1, 9, 5, 10, 0, 11,
+                   9, 12, 7, 13),
+    "jhmdb": _pairs(4, 0, 3, 1, 8, 2, 7, 3, 12, 4, 11, 5, 6, 6, 5, 7, 10, 8, 9, 9, 14, 10, 13, 11,
+                    2, 12, 0, 13),
+    "halpe": _COCO_BODY_TO_CROWDPOSE,
+    "posetrack": _COCO_BODY_TO_CROWDPOSE + ((2, 12), (1, 13)),
+}
+
+
+@dataclass(frozen=True)
+class KeypointConverter:
+    """Maps a source keypoint set onto `num_keypoints` target keypoints through (source, target) index
+    pairs; unmapped targets are (0, 0) with visibility 0. (mmpose also makes per-keypoint visibility
+    weights, but as implemented they never reach the loss, §10.4, so none are produced here.)"""
+
+    num_keypoints: int
+    mapping: tuple[tuple[int, int], ...]
+
+    def __post_init__(self) -> None:
+        tgt = [t for _, t in self.mapping]
+        if any(not 0 <= t < self.num_keypoints for t in tgt) or len(set(tgt)) != len(tgt):
+            raise ValueError(f"KeypointConverter: target indices {tgt} must be distinct and in "
+                             f"[0, {self.num_keypoints})")
+
+    @property
+    def num_source(self) -> int:
+        """The smallest source keypoint count the mapping accepts."""
+        return max((s for s, _ in self.mapping), default=-1) + 1
+
+    def __call__(self, keypoints: np.ndarray, visible: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        n, k = keypoints.shape[:2]
+        if k < self.num_source:
+            raise ValueError(f"KeypointConverter: the mapping reads source keypoint {self.num_source - 1} "
+                             f"but the annotations have {k} keypoints")
+        src = np.array([s for s, _ in self.mapping], dtype=np.int64)
+        tgt = np.array([t for _, t in self.mapping], dtype=np.int64)
+        kpts = np.zeros((n, self.num_keypoints, 2), dtype=np.float32)
+        vis = np.zeros((n, self.num_keypoints), dtype=np.float32)
+        kpts[:, tgt] = keypoints[:, src]
+        vis[:, tgt] = visible[:, src]
+        return kpts, vis
+
+
+# ----------------------------------------------------------------------------------------- metadata
+def flip_indices_from_names(names: Sequence[str]) -> tuple[int, ...]:
+    """Flip partner of each keypoint: `left_x` <-> `right_x` (also `left`/`right` inside a name, e.g.
+    `hand_left_1`), itself when it has no partner."""
+    index = {n: i for i, n in enumerate(names)}
+    out = []
+    for i, n in enumerate(names):
+        partner = None
+        for a, b in (("left", "right"), ("right", "left"), ("Left", "Right"), ("Right", "Left")):
+            if a in n:
+                partner = index.get(n.replace(a, b, 1))
+                if partner is not None:
+                    break
+        out.append(i if partner is None else partner)
+    return tuple(out)
+
+
+def keypoint_info_from_category(cat: dict, sigmas: Sequence[float] | None = None,
+                                flip_indices: Sequence[int] | None = None, name: str = "custom"
+                                ) -> KeypointInfo:
+    """KeypointInfo of a COCO category. The built-in COCO-17 / CrowdPose-14 sets are recognised by their
+    keypoint names and get their official sigmas, flip pairs and skeleton; a custom set needs `sigmas`
+    (a warning names the fallback otherwise)."""
+    names = tuple(str(n) for n in cat.get("keypoints") or ())
+    if not names:
+        raise ValueError(f"category {cat.get('id')!r} ({cat.get('name')!r}) lists no keypoint names")
+    k = len(names)
+    builtin = None
+    if names == COCO_KEYPOINTS.names:
+        builtin = COCO_KEYPOINTS
+    elif k == 14 and names[:12] == CROWDPOSE_KEYPOINTS.names[:12]:  # 'head'/'top_head' differ by file
+        builtin = CROWDPOSE_KEYPOINTS
+    if sigmas is not None and len(sigmas) != k:
+        raise ValueError(f"{len(sigmas)} OKS sigmas given for {k} keypoints")
+    if flip_indices is not None:
+        fi = list(flip_indices)
+        if sorted(fi) != list(range(k)) or any(fi[j] != i for i, j in enumerate(fi)):
+            raise ValueError(f"flip_indices must be a self-inverse permutation of 0..{k - 1}, got "
+                             f"{list(flip_indices)}")
+    if builtin is not None:
+        return KeypointInfo(builtin.name, builtin.names, builtin.skeleton,
+                            tuple(flip_indices) if flip_indices is not None else builtin.flip_indices,
+                            tuple(float(s) for s in sigmas) if sigmas is not None else builtin.sigmas)
+    if sigmas is None:
+        warnings.warn(f"custom keypoint set of {k} keypoints without OKS sigmas: using {DEFAULT_SIGMA} for "
+                      f"every keypoint; pass `sigmas=` for meaningful OKS losses and AP", stacklevel=3)
+        sigmas = (DEFAULT_SIGMA,) * k
+    skeleton = []
+    for edge in cat.get("skeleton") or ():  # COCO skeletons are 1-based
+        if (len(edge) == 2 and all(isinstance(v, int) and 1 <= v <= k for v in edge)):
+            skeleton.append((edge[0] - 1, edge[1] - 1))
+    return KeypointInfo(name, names, tuple(skeleton),
+                        tuple(flip_indices) if flip_indices is not None else flip_indices_from_names(names),
+                        tuple(float(s) for s in sigmas))
+
+
+# ----------------------------------------------------------------------------------------- dataset
+@dataclass
+class ImageRecord:
+    """Parsed annotations of one image (instances in original-image pixels, see `PoseSample`)."""
+
+    img_id: int
+    path: str
+    width: int
+    height: int
+    bboxes: np.ndarray
+    keypoints: np.ndarray
+    keypoints_visible: np.ndarray
+    areas: np.ndarray
+    ann_ids: np.ndarray
+    invalid_segs: list = field(default_factory=list)
+
+
+class CocoPoseDataset:
+    """A COCO-format keypoint dataset, one record per image that has at least one annotation with a box and
+    keypoints (§10.1).
+
+    Args:
+        ann_file: COCO keypoint JSON.
+        img_dir: folder the images' `file_name`s are relative to.
+        sigmas, flip_indices: override the keypoint metadata (required sigmas for a custom set).
+        category_id: the keypoint category to read (default: the first category that lists keypoints).
+        converter: maps the file's keypoints onto another set (body7); metadata then comes from `target`.
+        target: KeypointInfo of the converted set (default COCO-17 / CrowdPose-14 by the converter's size).
+
+    Per instance (mmpose `parse_data_info`): box xyxy clipped to [0, W-1] x [0, H-1]; visibility min(1, v);
+    area = `area` or max(0.53 * box area, 1). Instances that are crowd, have no labelled keypoint or an
+    empty box stay instances (removed by `FilterAnnotations` after augmentation) and their polygons are
+    collected in `invalid_segs`. Skipped with their id in `self.malformed` (and one warning): missing or
+    non-numeric `bbox`/`keypoints`, a keypoint count that does not match the category, negative or zero box
+    size, NaN/inf values, an unknown `image_id`.
+    """
+
+    def __init__(self, ann_file: str | Path, img_dir: str | Path, sigmas: Sequence[float] | None = None,
+                 flip_indices: Sequence[int] | None = None, category_id: int | None = None,
+                 converter: KeypointConverter | None = None, target: KeypointInfo | None = None) -> None:
+        self.ann_file, self.img_dir = Path(ann_file), Path(img_dir)
+        if not self.ann_file.is_file():
+            raise FileNotFoundError(f"annotation file not found: {self.ann_file}")
+        try:
+            with open(self.ann_file) as f:
+                data = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{self.ann_file}: not valid JSON ({e})") from None
+        if not isinstance(data, dict) or not isinstance(data.get("images"), list) \
+                or not isinstance(data.get("annotations"), list):
+            raise ValueError(f"{self.ann_file}: not a COCO file (needs 'images' and 'annotations' lists)")
+        cats = [c for c in data.get("categories") or [] if isinstance(c, dict) and c.get("keypoints")]
+        if category_id is not None:
+            cats = [c for c in cats if c.get("id") == category_id]
+        if not cats:
+            raise ValueError(f"{self.ann_file}: no category with keypoint names"
+                             + (f" and id {category_id}" if category_id is not None else ""))
+        cat = cats[0]
+        self.category_id = cat.get("id")
+        self.source_info = keypoint_info_from_category(cat, None if converter else sigmas,
+                                                       None if converter else flip_indices,
+                                                       name=self.ann_file.stem)
+        self.converter = converter
+        if converter is None:
+            self.keypoint_info = self.source_info
+        else:
+            if target is None:
+                target = {17: COCO_KEYPOINTS, 14: CROWDPOSE_KEYPOINTS}.get(converter.num_keypoints)
+            if target is None or target.num_keypoints != converter.num_keypoints:
+                raise ValueError(f"a converter to {converter.num_keypoints} keypoints needs a matching "
+                                 f"`target` KeypointInfo")
+            self.keypoint_info = target
+        self.malformed: list[tuple[Any, str]] = []
+        self.records = self._parse(data)
+        if self.malformed:
+            shown = ", ".join(f"{i} ({why})" for i, why in self.malformed[:10])
+            more = f" and {len(self.malformed) - 10} more" if len(self.malformed) > 10 else ""
+            warnings.warn(f"{self.ann_file.name}: skipped {len(self.malformed)} malformed annotation(s): "
+                          f"{shown}{more} (full list in `.malformed`)", stacklevel=2)
+
+    # -------------------------------------------------------------- parsing
+    def _parse(self, data: dict) -> list[ImageRecord]:
+        k = self.source_info.num_keypoints
+        images: dict[Any, dict] = {}
+        for img in data["images"]:
+            if isinstance(img, dict) and "id" in img and "file_name" in img:
+                images[img["id"]] = img
+        per_image: dict[Any, list[dict]] = {}
+        for ann in data["annotations"]:
+            if not isinstance(ann, dict):
+                self.malformed.append((None, "annotation is not an object"))
+                continue
+            if self.category_id is not None and ann.get("category_id", self.category_id) != self.category_id:
+                continue
+            if "bbox" not in ann or "keypoints" not in ann:  # mmpose drops these silently
+                self.malformed.append((ann.get("id"), "missing 'bbox' or 'keypoints'"))
+                continue
+            if ann.get("image_id") not in images:
+                self.malformed.append((ann.get("id"), f"unknown image_id {ann.get('image_id')!r}"))
+                continue
+            per_image.setdefault(ann["image_id"], []).append(ann)
+
+        records = []
+        for img_id, img in images.items():  # image order of the file, as pycocotools' getImgIds
+            anns = per_image.get(img_id)
+            if not anns:
+                continue
+            try:
+                w, h = int(img["width"]), int(img["height"])
+            except (KeyError, TypeError, ValueError):
+                why = f"image {img_id} has no valid width/height"
+                self.malformed.extend((a.get("id"), why) for a in anns)
+                continue
+            boxes, kpts, vis, areas, ids, invalid = [], [], [], [], [], []
+            for ann in anns:
+                inst = self._parse_instance(ann, w, h, k)
+                if not isinstance(inst, tuple):
+                    if inst is not None:  # a person without a usable box: only its segmentation is kept
+                        invalid.append(inst)
+                    continue
+                box, kp, v, area, valid = inst
+                if not valid:
+                    if "segmentation" in ann and ann["segmentation"] is not None:
+                        invalid.append(ann["segmentation"])
+                boxes.append(box)
+                kpts.append(kp)
+                vis.append(v)
+                areas.append(area)
+                ids.append(ann.get("id", -1))
+            n = len(boxes)
+            kp_arr = np.array(kpts, dtype=np.float32).reshape(n, k, 2)
+            v_arr = np.array(vis, dtype=np.float32).reshape(n, k)
+            records.append(ImageRecord(
+                img_id=img_id, path=str(self.img_dir / img["file_name"]), width=w, height=h,
+                bboxes=np.array(boxes, dtype=np.float32).reshape(n, 4), keypoints=kp_arr,
+                keypoints_visible=v_arr, areas=np.array(areas, dtype=np.float32).reshape(n),
+                ann_ids=np.array(ids, dtype=np.int64).reshape(n), invalid_segs=invalid))
+        return records
+
+    def _parse_instance(self, ann: dict, img_w: int, img_h: int, k: int):
+        aid = ann.get("id")
+        try:
+            bbox = np.asarray(ann["bbox"], dtype=np.float64)
+            raw = np.asarray(ann["keypoints"], dtype=np.float64)
+        except (TypeError, ValueError):
+            self.malformed.append((aid, "non-numeric 'bbox' or 'keypoints'"))
+            return None
+        if bbox.shape != (4,):
+            self.malformed.append((aid, f"bbox has {bbox.size} values, expected 4"))
+            return None
+        if raw.ndim != 1 or raw.size != 3 * k:
+            self.malformed.append((aid, f"{raw.size} keypoint values, expected {3 * k} ({k} keypoints)"))
+            return None
+        if not (np.isfinite(bbox).all() and np.isfinite(raw).all()):
+            self.malformed.append((aid, "NaN or infinite value"))
+            return None
+        x, y, bw, bh = bbox
+        if bw <= 0 or bh <= 0:
+            self.malformed.append((aid, f"box size {bw:g} x {bh:g} is not positive"))
+            # mmpose keeps such a person as an unlabelled instance: its polygons still mask the heatmap.
+            return ann.get("segmentation")
+        area = ann.get("area")
+        if area is not None and (not isinstance(area, (int, float)) or not math.isfinite(area)):
+            self.malformed.append((aid, f"invalid area {area!r}"))
+            return None
+        x1, y1 = np.clip(x, 0, img_w - 1), np.clip(y, 0, img_h - 1)
+        x2, y2 = np.clip(x + bw, 0, img_w - 1), np.clip(y + bh, 0, img_h - 1)
+        box = np.array([x1, y1, x2, y2], dtype=np.float32)
+        kp = raw.astype(np.float32).reshape(k, 3)
+        vis = np.minimum(1, kp[:, 2])
+        if area is None:  # some body7 sources have no segmentation area
+            area = max((x2 - x1) * (y2 - y1) * 0.53, 1.0)
+        num_kpts = ann.get("num_keypoints", int(np.count_nonzero(kp[:, :2].max(axis=1))))
+        w32, h32 = box[2:] - box[:2]
+        # mmpose `_is_valid_instance`: these persons are unlabelled; their polygons go to the heatmap mask.
+        valid = not (ann.get("iscrowd", 0) or num_kpts == 0 or w32 <= 0 or h32 <= 0 or kp[:, :2].max() <= 0)
+        return box, kp[:, :2], vis, float(area), valid
+
+    # -------------------------------------------------------------- access
+    def __len__(self) -> int:
+        return len(self.records)
+
+    @property
+    def num_instances(self) -> int:
+        return int(sum(r.bboxes.shape[0] for r in self.records))
+
+    def load(self, index: int, rng: Rng | None = None) -> PoseSample:
+        """Image `index` (BGR uint8) with its instances, converted to the target keypoint set."""
+        r = self.records[index]
+        image = cv2.imread(r.path, cv2.IMREAD_COLOR)
+        if image is None:
+            raise FileNotFoundError(f"cannot read image {r.path} (image id {r.img_id})")
+        kpts, vis = r.keypoints.copy(), r.keypoints_visible.copy()
+        if self.converter is not None:
+            kpts, vis = self.converter(kpts, vis)
+        return PoseSample(image=image, bboxes=r.bboxes.copy(), keypoints=kpts, keypoints_visible=vis,
+                          areas=r.areas.copy(), ann_ids=r.ann_ids.copy(),
+                          flip_indices=self.keypoint_info.flip_indices, img_id=r.img_id, img_path=r.path,
+                          invalid_segs=list(r.invalid_segs), orig_hw=image.shape[:2])
+
+
+class CombinedDataset:
+    """Several datasets with per-dataset resampling factors (mmpose `CombinedDataset` with
+    `sample_ratio_factor`, §1.7): dataset i contributes round(len_i * r_i) indices per epoch; its j-th
+    index maps to a random member of the j-th of that many equal strata (a fresh subset every draw)."""
+
+    def __init__(self, datasets: Sequence[CocoPoseDataset], ratios: Sequence[float] | None = None) -> None:
+        if not datasets:
+            raise ValueError("CombinedDataset needs at least one dataset")
+        ratios = [1.0] * len(datasets) if ratios is None else list(ratios)
+        if len(ratios) != len(datasets) or min(ratios) < 0:
+            raise ValueError(f"need one non-negative ratio per dataset, got {ratios} for {len(datasets)}")
+        k = {d.keypoint_info.num_keypoints for d in datasets}
+        if len(k) != 1:
+            raise ValueError(f"datasets have different keypoint counts {sorted(k)}: add KeypointConverters")
+        self.datasets = list(datasets)
+        self.ratios = ratios
+        self.resample = any(r != 1.0 for r in ratios)
+        self.lens_ori = [len(d) for d in datasets]
+        self.lens = [round(n * r) for n, r in zip(self.lens_ori, ratios)] if self.resample else self.lens_ori
+        self.keypoint_info = datasets[0].keypoint_info
+
+    def __len__(self) -> int:
+        return sum(self.lens)
+
+    def locate(self, index: int, rng: Rng | None = None) -> tuple[int, int]:
+        """(dataset, local index) of global `index`; random within its stratum when resampling."""
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"index {index} out of range for a dataset of length {len(self)}")
+        index %= len(self)
+        i = 0
+        while index >= self.lens[i]:
+            index -= self.lens[i]
+            i += 1
+        if self.resample:
+            gap = (self.lens_ori[i] - 1e-4) / self.lens[i]
+            u = (rng if rng is not None else np.random.default_rng()).random()
+            index = round(gap * index + u * gap - 0.5)
+        return i, index
+
+    def load(self, index: int, rng: Rng | None = None) -> PoseSample:
+        i, j = self.locate(index, rng)
+        s = self.datasets[i].load(j)
+        # mmpose gives every sample the combined set's flip indices
+        return s.replace(flip_indices=self.keypoint_info.flip_indices)
+
+
+# ----------------------------------------------------------------------------------------- training set
+class TrainDataset:
+    """A torch-style dataset applying a stage-1/stage-2 pipeline to `source`.
+
+    Sample `i` is drawn with `numpy.random.default_rng([seed, i])`, where `seed` is the explicit `seed`
+    or, when None, `torch.initial_seed()` of the current process/worker (which the trainer reseeds per
+    epoch): reproducible, different every epoch, independent of global numpy state."""
+
+    def __init__(self, source: CocoPoseDataset | CombinedDataset, pipeline: Stage1Pipeline | Stage2Pipeline,
+                 seed: int | None = None) -> None:
+        self.source = source
+        self.pipeline = pipeline
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def rng_for(self, index: int) -> Rng:
+        seed = self.seed
+        if seed is None:
+            import torch
+
+            seed = torch.initial_seed()
+        return np.random.default_rng([int(seed) % 2**63, int(index)])
+
+    def __getitem__(self, index: int) -> PoseSample:
+        return self.get(index, self.rng_for(index))
+
+    def get(self, index: int, rng: Rng) -> PoseSample:
+        sample = self.source.load(index, rng)
+        return self.pipeline(sample, rng, self.source)
+
+
+def collate(samples: Sequence[PoseSample]) -> tuple[Any, list]:
+    """Stack augmented samples into `(images, targets)`: images (B,3,S,S) float32 BGR 0..255 (no
+    normalisation, §10.3); targets one `rtmo.train.losses.Targets` per image (labels 0; the heatmap mask
+    as a float (S,S) tensor or None)."""
+    import torch
+
+    from .losses import Targets
+
+    if not samples:
+        raise ValueError("collate: empty batch")
+    sizes = {s.image.shape for s in samples}
+    if len(sizes) != 1:
+        raise ValueError(f"collate: samples have different image shapes {sorted(sizes)}")
+    images = torch.from_numpy(np.stack([s.image.transpose(2, 0, 1) for s in samples])).float()
+    targets = []
+    for s in samples:
+        mask = None if s.heatmap_mask is None else torch.from_numpy(s.heatmap_mask.astype(np.float32))
+        targets.append(Targets(
+            bboxes=torch.from_numpy(np.ascontiguousarray(s.bboxes, dtype=np.float32)),
+            keypoints=torch.from_numpy(np.ascontiguousarray(s.keypoints, dtype=np.float32)),
+            keypoints_visible=torch.from_numpy(np.ascontiguousarray(s.keypoints_visible, dtype=np.float32)),
+            areas=torch.from_numpy(np.ascontiguousarray(s.areas, dtype=np.float32)),
+            labels=torch.zeros(s.num_instances, dtype=torch.long),
+            heatmap_mask=mask))
+    return images, targets
+
+
+# ----------------------------------------------------------------------------------------- recipe wiring
+def _source_from_specs(root: Path, specs: Sequence[Any],
+                       num_keypoints: int) -> CocoPoseDataset | CombinedDataset:
+    target = {17: COCO_KEYPOINTS, 14: CROWDPOSE_KEYPOINTS}.get(num_keypoints)
+    sets = []
+    for spec in specs:
+        mapping = tuple(tuple(p) for p in spec.mapping)
+        identity = mapping == tuple((i, i) for i in range(num_keypoints))
+        conv = KeypointConverter(num_keypoints, mapping) if mapping and not identity else None
+        sets.append(CocoPoseDataset(root / spec.ann_file, root / spec.img_prefix, converter=conv,
+                                    target=target if conv is not None else None))
+    if len(sets) == 1 and specs[0].ratio == 1.0:
+        return sets[0]
+    return CombinedDataset(sets, [s.ratio for s in specs])
+
+
+def build_train_data(recipe: Any) -> Any:
+    """`rtmo.train.trainer.TrainData` for a `TrainRecipe`: stage-1/stage-2 `TrainDataset`s over the
+    recipe's annotation files (body7: combined with resampling and keypoint conversion), `collate` and
+    the batch resize. Datasets are built lazily, when the trainer first asks for a stage."""
+    from .trainer import TrainData
+
+    a = recipe.augment
+    size = int(recipe.input_size[0])
+    if recipe.input_size[0] != recipe.input_size[1]:
+        raise ValueError(f"RTMO training needs a square input size, got {recipe.input_size}")
+    s1 = Stage1Config(input_size=size, pad_val=a.pad_val, mosaic_prob=a.mosaic_prob,
+                      mosaic_center_range=tuple(a.mosaic_center_range), affine_shift=a.affine_shift,
+                      affine_scale=tuple(a.affine_scale), affine_rotate=a.affine_rotate,
+                      affine_shear=a.affine_shear, mixup_prob=a.mixup_prob, mixup_ratio=tuple(a.mixup_ratio),
+                      mixup_flip=a.mixup_flip, hsv_gains=tuple(a.hsv_gains), flip_prob=a.flip_prob)
+    if a.stage2_affine not in ("none", "default"):
+        raise ValueError(f"augment.stage2_affine must be 'none' or 'default', got {a.stage2_affine!r}")
+    s2 = Stage2Config(input_size=size, pad_val=a.pad_val, random_affine=a.stage2_affine == "default",
+                      affine_shift=a.stage2_affine_shift, affine_scale=tuple(a.stage2_affine_scale),
+                      affine_rotate=a.stage2_affine_rotate, hsv_gains=tuple(a.hsv_gains),
+                      flip_prob=a.flip_prob)
+    root = Path(recipe.data.root)
+    k = recipe.num_keypoints
+    cache: dict[int, TrainDataset] = {}
+
+    def build_dataset(stage: int) -> TrainDataset:
+        if stage not in cache:
+            if stage == 1:
+                cache[1] = TrainDataset(_source_from_specs(root, recipe.data.train, k), Stage1Pipeline(s1))
+            else:
+                specs = recipe.data.stage2_train or recipe.data.train
+                cache[2] = TrainDataset(_source_from_specs(root, specs, k), Stage2Pipeline(s2))
+        return cache[stage]
+
+    return TrainData(build_dataset=build_dataset, collate_fn=collate, batch_resize=resize_batch)
+
+
+def batch_resize_config(recipe: Any) -> BatchResizeConfig:
+    """BatchSyncRandomResize settings of a recipe."""
+    return BatchResizeConfig(tuple(recipe.augment.multiscale_range), recipe.augment.size_divisor)
