@@ -439,17 +439,23 @@ class HSVAug:
     saturation_delta: int = 30
     value_delta: int = 30
 
-    def __call__(self, sample: PoseSample, rng: Rng) -> PoseSample:
+    def draw_gains(self, rng: Rng) -> np.ndarray:
         rng = _check_rng(rng)
         gains = rng.uniform(-1, 1, 3) * [self.hue_delta, self.saturation_delta, self.value_delta]
         gains *= rng.integers(0, 2, 3)
-        gains = gains.astype(np.int16)
-        hsv = cv2.cvtColor(sample.image, cv2.COLOR_BGR2HSV).astype(np.int16)
+        return gains.astype(np.int16)
+
+    @staticmethod
+    def apply(image: np.ndarray, gains: np.ndarray) -> np.ndarray:
+        """`image` (BGR uint8) with int16 (hue, saturation, value) `gains` added."""
+        hsv = cv2.cvtColor(image, cv2.COLOR_BGR2HSV).astype(np.int16)
         hsv[..., 0] = (hsv[..., 0] + gains[0]) % 180
         hsv[..., 1] = np.clip(hsv[..., 1] + gains[1], 0, 255)
         hsv[..., 2] = np.clip(hsv[..., 2] + gains[2], 0, 255)
-        image = cv2.cvtColor(hsv.astype(np.uint8), cv2.COLOR_HSV2BGR)
-        return sample.replace(image=image)
+        return cv2.cvtColor(hsv.astype(np.uint8), cv2.COLOR_HSV2BGR)
+
+    def __call__(self, sample: PoseSample, rng: Rng) -> PoseSample:
+        return sample.replace(image=self.apply(sample.image, self.draw_gains(rng)))
 
 
 @dataclass
