@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -492,7 +493,9 @@ def segs_to_mask(segs: Sequence[Any], height: int, width: int) -> np.ndarray:
             rles.extend(rle if isinstance(rle, list) else [rle])
     if not rles:
         return np.zeros((height, width), dtype=np.uint8)
-    return cocomask.decode(cocomask.merge(rles))
+    with warnings.catch_warnings():  # pycocotools' Cython arrays predate numpy 2's `copy` keyword
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return cocomask.decode(cocomask.merge(rles))
 
 
 @dataclass
