@@ -640,7 +640,8 @@ class Stage1Pipeline:
         sample = self.affine(sample, rng)
         if self.cfg.mixup_prob > 0:
             sample = self.mixup(sample, rng, source)
-        sample = self.hsv(sample, rng)
+        if any(self.cfg.hsv_gains):  # (0, 0, 0) = off, without the lossy BGR->HSV->BGR round trip
+            sample = self.hsv(sample, rng)
         sample = self.flip(sample, rng)
         return self.filter(sample)
 
