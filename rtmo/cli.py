@@ -128,10 +128,6 @@ def run_predict(args: argparse.Namespace) -> int:
 
     items = resolve_source(args.source)  # before loading the model: a typo fails in a second, not ten
 
-    import torch
-
-    if args.device is None or str(args.device).startswith("cpu"):
-        torch.set_num_threads(min(torch.get_num_threads(), os.cpu_count() or 1))
     from .infer.sources import stream_results
     from .infer.writers import PredictionWriter
     from .zoo import ModelManager

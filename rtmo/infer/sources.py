@@ -344,21 +344,27 @@ def stream_results(model: Any, source: Any, *, batch_size: int = 1, threshold: f
     warn = on_warning or _warn
     strict = len(items) == 1  # a lone item that fails is the user's error, not a skippable one
     track = track or smooth
-    bar = None
-    if progress:
+    bar, bar_started = None, False
+
+    def start_bar() -> Any:
+        # Made on the first result, so an error on the first item prints no half-drawn bar; none for a lone
+        # image.
+        if not progress or (len(items) == 1 and items[0].kind == "image"):
+            return None
         from tqdm import tqdm
 
         totals = [expected_frames(it, vid_stride, max_frames) for it in items]
         total = None if any(t is None for t in totals) else sum(totals)
         unit = "img" if all(it.kind == "image" for it in items) else "frame"
-        bar = tqdm(total=total, unit=unit, dynamic_ncols=True, leave=True)
+        return tqdm(total=total, unit=unit, dynamic_ncols=True, leave=True)
 
     tracker = smoother = None
+    skipped = 0
     current_group: int | None = None
     batch: list[_Frame] = []
 
     def run_batch(frames: list[_Frame]) -> list[PoseResult]:
-        nonlocal tracker, smoother
+        nonlocal tracker, smoother, skipped
         results = infer_arrays(model, [f.image for f in frames], threshold, nms_threshold,
                                [f.path for f in frames])
         out = []
@@ -373,18 +379,20 @@ def stream_results(model: Any, source: Any, *, batch_size: int = 1, threshold: f
                     r = smoother.update(r)
             out.append(r)
         if bar is not None:
-            bar.update(len(frames))
+            bar.update(len(frames) + skipped)
+            skipped = 0
         return out
 
     reader = FrameReader(items, vid_stride, max_frames, queue_size)
     try:
         for obj in reader:
+            if progress and not bar_started and not isinstance(obj, _Problem):
+                bar, bar_started = start_bar(), True
             if isinstance(obj, _Problem):
                 if strict or not isinstance(obj.error, (ImageError, SourceError)):
                     raise obj.error
                 warn(f"skipped {obj.error}")
-                if bar is not None and isinstance(obj.error, ImageError):
-                    bar.update(1)  # the image was counted in the total
+                skipped += isinstance(obj.error, ImageError)  # counted in the bar's total
                 continue
             group = obj.info.group
             if group != current_group:  # a new video (or the image set): flush, fresh tracker
