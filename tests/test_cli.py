@@ -162,7 +162,7 @@ def test_models_table():
 
     r = rtmo("models", env={"RTMO_CACHE_DIR": "/nonexistent-rtmo-cache"})
     assert r.returncode == 0, r.stderr
-    rows = {line.split()[0]: line.split() for line in r.stdout.splitlines()[2:] if line.split()[0] in REGISTRY}
+    rows = {ln.split()[0]: ln.split() for ln in r.stdout.splitlines()[2:] if ln.split()[0] in REGISTRY}
     assert set(rows) == set(REGISTRY)
     s = rows["rtmo-s-coco"]
     assert s[1:4] == ["640x640", "17", "67.7"] and s[-1] == "no"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import http.server
 import shutil
 import threading
 import time
@@ -55,6 +57,7 @@ def test_resolve_cameras_urls_arrays():
     assert resolve_source("rtsp://h/x")[0].kind == "stream"
     assert resolve_source("https://h/v.m3u8")[0].kind == "stream"
     assert resolve_source("https://h/pic.jpg?sig=1")[0].kind == "image"
+    assert resolve_source("http://h/clip.mp4")[0].kind == "video"  # a file over HTTP: not live
     arr = np.zeros((4, 4, 3), np.uint8)
     assert [i.kind for i in resolve_source([arr, arr])] == ["image", "image"]
 
@@ -103,6 +106,23 @@ def test_frame_reader_queue_is_bounded_and_thread_stops():
     assert reader._q.qsize() <= 2
     it.close()  # the consumer stops early (a generator closed mid-video)
     assert not reader._thread.is_alive()
+
+
+def test_http_image_url():
+    """An image URL is downloaded and decoded like the file (a local HTTP server stands in for the web)."""
+    img = DATA / "coco" / "000000000785.jpg"
+    if not img.exists():
+        pytest.skip(f"{img} not found")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(img.parent))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        base = f"http://127.0.0.1:{server.server_address[1]}/"
+        out = list(FrameReader(resolve_source([base + img.name, base + "missing.jpg"])))
+    finally:
+        server.shutdown()
+    assert np.array_equal(out[0].image, cv2.imread(str(img))) and out[0].path == base + img.name
+    assert isinstance(out[1].error, ImageError) and "missing.jpg" in str(out[1].error)
 
 
 def test_frame_reader_reports_broken_items(tmp_path):

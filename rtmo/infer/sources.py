@@ -76,8 +76,11 @@ def _file_item(p: Path) -> SourceItem:
 
 def _expand_path(s: str, base: Path | None = None) -> list[SourceItem]:
     if _is_url(s):
-        is_image = s.split("?")[0].lower().endswith(IMAGE_EXTS)
-        return [SourceItem("image" if is_image else "stream", s, s)]
+        # A URL to a file is read like the file (every frame, media time); anything else (RTSP, HLS, MJPEG
+        # camera) is a live stream.
+        ext = Path(s.split("?")[0]).suffix.lower()
+        kind = "image" if ext in IMAGE_EXTS else "video" if ext in VIDEO_EXTS else "stream"
+        return [SourceItem(kind, s, s)]
     p = Path(s).expanduser()
     if base is not None and not p.is_absolute():
         p = base / p
