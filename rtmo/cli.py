@@ -220,6 +220,35 @@ def run_val(args: argparse.Namespace) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------------------ train
+
+def add_train(sub: Any) -> argparse.ArgumentParser:
+    p = sub.add_parser("train", help="train following an official recipe (name) or a TOML recipe file")
+    p.add_argument("recipe", help="recipe name, e.g. rtmo-s_8xb32-600e_coco-640x640, or a .toml path")
+    p.add_argument("--data-root", default=None, help="dataset root (overrides the recipe's)")
+    p.add_argument("--output", "-o", default="runs/train", help="run folder (default: %(default)s)")
+    p.add_argument("--epochs", type=int, default=None, help="rescale the schedule to this many epochs")
+    p.add_argument("--batch-size", type=int, default=None, help="per-device batch size")
+    p.add_argument("--device", default=None)
+    p.add_argument("--workers", type=int, default=None)
+    p.add_argument("--resume", nargs="?", const=True, default=None,
+                   help="continue from OUTPUT/last.pth, or from the given checkpoint")
+    p.add_argument("--init-from", default=None, help="start from these weights (e.g. an official checkpoint)")
+    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--seed", type=int, default=None)
+    p.set_defaults(func=run_train)
+    return p
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from .train.trainer import train
+
+    train(args.recipe, data_root=args.data_root, out_dir=args.output, epochs=args.epochs,
+          batch_size=args.batch_size, device=args.device, workers=args.workers, resume=args.resume,
+          init_from=args.init_from, amp=args.amp, seed=args.seed)
+    return 0
+
+
 # ------------------------------------------------------------------------------------------ others
 
 def add_export(sub: Any) -> argparse.ArgumentParser:
@@ -234,8 +263,8 @@ def add_benchmark(sub: Any) -> argparse.ArgumentParser:
     return add_benchmark_parser(sub)
 
 
-COMMANDS: list[Callable[[Any], argparse.ArgumentParser]] = [add_predict, add_models, add_val, add_export,
-                                                            add_benchmark]
+COMMANDS: list[Callable[[Any], argparse.ArgumentParser]] = [add_predict, add_models, add_val, add_train,
+                                                            add_export, add_benchmark]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -203,3 +203,15 @@ def test_image_ids(tmp_path):
         ImageIds(ann)("dog.jpg", 0)
     ids = ImageIds()
     assert ids("/x/000000000785.jpg", 5) == 785 and ids("/x/cat.jpg", 5) == 5 and ids(None, 2) == 2
+
+
+def test_every_subcommand_registered():
+    from rtmo.cli import build_parser, run_models, run_predict, run_train, run_val
+
+    p = build_parser()
+    assert p.parse_args(["predict", "x.jpg"]).func is run_predict
+    assert p.parse_args(["models"]).func is run_models
+    assert p.parse_args(["val", "a.json", "--results", "r.json"]).func is run_val
+    assert p.parse_args(["train", "rtmo-s_8xb32-600e_coco-640x640", "--resume"]).resume is True
+    assert p.parse_args(["train", "r"]).func is run_train
+    assert {"export", "benchmark"} <= set(p._subparsers._group_actions[0].choices)
