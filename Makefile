@@ -4,6 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 # torch is installed first and pinned: a bare `torch` requirement could pull a multi-GB CUDA build.
 TORCH_SPEC ?= torch==2.13.0
+MODEL ?= rtmo-s-coco
 
 .PHONY: install demo test lint bench clean
 
@@ -17,7 +18,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 install: $(VENV)/.installed
 
 demo: install
-	$(PY) -m rtmo.demo --output outputs/demo
+	$(PY) -m rtmo.demo --model $(MODEL) --output outputs/demo
 
 test: install
 	$(PY) -m pytest -q tests
