@@ -8,14 +8,17 @@ import numpy as np
 PAD_VALUE = 114
 
 
-def get_warp_matrix(center: np.ndarray, scale: np.ndarray, output_size: tuple[int, int]) -> np.ndarray:
-    """2x3 affine mapping the square region (center, scale[0]) onto output_size, built from three
-    float32 point pairs as mmpose does (rotation 0), so that cv2.warpAffine reproduces it bit-exactly."""
+def get_warp_matrix(center: np.ndarray, scale: np.ndarray, output_size: tuple[int, int],
+                    rot: float = 0.0) -> np.ndarray:
+    """2x3 affine mapping the square region (center, scale[0]), rotated by `rot` degrees, onto output_size,
+    built from three float32 point pairs as mmpose does, so that cv2.warpAffine reproduces it bit-exactly."""
+    rad = np.deg2rad(rot)
+    sn, cs = np.sin(rad), np.cos(rad)
     dst_w, dst_h = output_size
     src = np.zeros((3, 2), dtype=np.float32)
     dst = np.zeros((3, 2), dtype=np.float32)
     src[0] = center
-    src[1] = center + np.array([scale[0] * -0.5, 0.0])
+    src[1] = center + np.array([[cs, -sn], [sn, cs]]) @ np.array([scale[0] * -0.5, 0.0])
     dst[0] = [dst_w * 0.5, dst_h * 0.5]
     dst[1] = np.array([dst_w * 0.5, dst_h * 0.5]) + np.array([dst_w * -0.5, 0.0])
     for pts in (src, dst):  # third point: (p0 - p1) rotated by 90 degrees around p1

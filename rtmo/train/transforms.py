@@ -26,6 +26,8 @@ from typing import Any, Protocol
 import cv2
 import numpy as np
 
+from ..ops.letterbox import get_warp_matrix
+
 Rng = np.random.Generator
 
 
@@ -125,23 +127,8 @@ def _flip_boxes(boxes: np.ndarray, width: int) -> np.ndarray:
 
 def warp_matrix(center: np.ndarray, scale: np.ndarray, rot: float,
                 output_size: tuple[int, int]) -> np.ndarray:
-    """mmpose `get_warp_matrix` (no shift, fixed aspect ratio): 2x3 affine taking the region of width
-    `scale[0]` around `center`, rotated by `rot` degrees, onto `output_size` (w, h); built from three float32
-    point pairs and `cv2.getAffineTransform` so that `cv2.warpAffine` with it is bit-identical to mmpose."""
-    rad = np.deg2rad(rot)
-    sn, cs = np.sin(rad), np.cos(rad)
-    src_dir = np.array([[cs, -sn], [sn, cs]]) @ np.array([scale[0] * -0.5, 0.0])
-    dst_w, dst_h = output_size
-    src = np.zeros((3, 2), dtype=np.float32)
-    dst = np.zeros((3, 2), dtype=np.float32)
-    src[0] = center
-    src[1] = center + src_dir
-    dst[0] = [dst_w * 0.5, dst_h * 0.5]
-    dst[1] = np.array([dst_w * 0.5, dst_h * 0.5]) + np.array([dst_w * -0.5, 0.0])
-    for pts in (src, dst):  # third point: (p0 - p1) rotated by 90 degrees around p1
-        d = pts[0] - pts[1]
-        pts[2] = pts[1] + np.r_[-d[1], d[0]]
-    return cv2.getAffineTransform(src, dst)
+    """mmpose `get_warp_matrix` with rotation (degrees); the one implementation lives in `ops.letterbox`."""
+    return get_warp_matrix(center, scale, output_size, rot)
 
 
 def perspective_matrix(center: np.ndarray, translate: np.ndarray, scale: float, rot: float,
