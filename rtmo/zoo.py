@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import re
 import tempfile
@@ -16,6 +17,8 @@ import torch
 
 from .config import RTMOConfig, keypoint_info_for
 from .model import RTMO
+
+log = logging.getLogger(__name__)
 
 BASE_URL = "https://download.openmmlab.com/mmpose/v1/projects/rtmo/"
 CACHE_ENV = "RTMO_CACHE_DIR"
@@ -93,6 +96,69 @@ REGISTRY: dict[str, ZooEntry] = {e.name: e for e in (
 )}
 
 
+@dataclass(frozen=True)
+class BackboneEntry:
+    """A YOLOX detector checkpoint whose `backbone.*` weights initialise RTMO training (§10.12)."""
+
+    name: str
+    url: str
+    sha256_prefix: str  # from the published file name; "" where the publisher gives none
+
+    @property
+    def filename(self) -> str:
+        return self.url.rsplit("/", 1)[-1]
+
+    @property
+    def urls(self) -> tuple[str, ...]:
+        return (self.url,)
+
+
+_MMDET_YOLOX = "https://download.openmmlab.com/mmdetection/v2.0/yolox/"
+# The addresses the official RTMO configs name in `backbone.init_cfg`. mmdet's files carry the first 8 hex
+# digits of their sha256; mmpose's yolox_m copy does not, so that one cannot be verified.
+BACKBONES: dict[str, BackboneEntry] = {e.name: e for e in (
+    BackboneEntry("yolox-tiny", _MMDET_YOLOX + "yolox_tiny_8x8_300e_coco/"
+                  "yolox_tiny_8x8_300e_coco_20211124_171234-b4047906.pth", "b4047906"),
+    BackboneEntry("yolox-s", _MMDET_YOLOX + "yolox_s_8x8_300e_coco/"
+                  "yolox_s_8x8_300e_coco_20211121_095711-4592a793.pth", "4592a793"),
+    BackboneEntry("yolox-m", "https://download.openmmlab.com/mmpose/v1/pretrained_models/"
+                  "yolox_m_8x8_300e_coco_20230829.pth", ""),
+    BackboneEntry("yolox-l", _MMDET_YOLOX + "yolox_l_8x8_300e_coco/"
+                  "yolox_l_8x8_300e_coco_20211126_140236-d3bd2b23.pth", "d3bd2b23"),
+)}
+
+
+def backbone_checkpoint(source: str | os.PathLike, download_missing: bool = True,
+                        progress: bool = True) -> Path:
+    """Local path of a backbone checkpoint given as a file, a `BACKBONES` name or its URL: taken from the
+    cache when there (checksum verified), else downloaded with the same checks as model checkpoints."""
+    text = str(source)
+    entry = BACKBONES.get(text) or next((e for e in BACKBONES.values() if e.url == text), None)
+    if entry is None:
+        if text.startswith(("http://", "https://")):
+            m = re.search(r"-([0-9a-f]{8})\.pth$", text)
+            entry = BackboneEntry(text.rsplit("/", 1)[-1], text, m.group(1) if m else "")
+        else:
+            path = Path(text).expanduser()
+            if not path.is_file():
+                known = ", ".join(BACKBONES)
+                raise FileNotFoundError(f"backbone checkpoint not found: {path} (give a file, a URL or one "
+                                        f"of {known})")
+            return path
+    path = cache_dir() / entry.filename
+    if path.is_file():
+        digest = sha256_of(path)
+        if not digest.startswith(entry.sha256_prefix):
+            raise CheckpointError(f"{path} is corrupt: sha256 starts with {digest[:8]}, the published "
+                                  f"file's with {entry.sha256_prefix}. Delete it and run again.")
+        return path
+    if not download_missing:
+        raise DownloadError(f"{entry.name} is not in the cache.\n  " + _manual_hint(entry, path))
+    if not entry.sha256_prefix:
+        log.warning("%s has no published checksum: the download cannot be verified", entry.url)
+    return download(entry, progress=progress)
+
+
 # ------------------------------------------------------------------------------------------ cache
 
 def cache_dir() -> Path:
@@ -122,12 +188,12 @@ def sha256_of(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return _SHA_CACHE[key]
 
 
-def _manual_hint(entry: ZooEntry, dest: Path) -> str:
+def _manual_hint(entry: ZooEntry | BackboneEntry, dest: Path) -> str:
     return (f"Download it yourself from {entry.url}\n  and save it as {dest}\n"
             f"  (or set {CACHE_ENV} to the folder that holds it, or pass the .pth path instead of the name).")
 
 
-def download(entry: ZooEntry, dest_dir: Path | None = None, progress: bool = True,
+def download(entry: ZooEntry | BackboneEntry, dest_dir: Path | None = None, progress: bool = True,
              opener: Any = None) -> Path:
     """Fetch a registry checkpoint into the cache, verify its sha256 prefix, publish it atomically.
 

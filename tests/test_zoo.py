@@ -135,3 +135,51 @@ def test_bad_checkpoint_files(tmp_path):
             ModelManager.get(str(tmp_path / name))
     with pytest.raises(CheckpointError, match="directory"):
         read_checkpoint(tmp_path)
+
+
+def test_backbone_registry_covers_the_recipes():
+    from rtmo.train.recipes import TrainRecipe, list_recipes
+    from rtmo.zoo import BACKBONES
+
+    urls = {e.url for e in BACKBONES.values()}
+    for name in list_recipes():
+        assert TrainRecipe.load(name).backbone_init in urls, name
+    assert BACKBONES["yolox-s"].sha256_prefix == "4592a793"  # the 8 hex digits in mmdet's file name
+
+
+def test_yolox_backbone_init_from_cache_url_and_file(tmp_path, monkeypatch):
+    """The recipe's YOLOX URL resolves to the verified cached file (offline); the backbone weights,
+    BN statistics included, are copied; a corrupt cache file and a missing path get clear errors."""
+    from rtmo import RTMO, RTMOConfig, zoo
+    from rtmo.train.trainer import init_weights, load_backbone
+    from rtmo.zoo import BACKBONES, BackboneEntry, backbone_checkpoint
+
+    torch.manual_seed(1)
+    donor = RTMO(RTMOConfig.preset("t"))
+    for m in donor.backbone.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-1, 1)
+    buf = io.BytesIO()
+    torch.save({"state_dict": {"backbone." + k: v for k, v in donor.backbone.state_dict().items()}}, buf)
+    data = buf.getvalue()
+    url = "https://example.invalid/yolox/yolox_t_test-" + hashlib.sha256(data).hexdigest()[:8] + ".pth"
+    entry = BackboneEntry("yolox-test", url, hashlib.sha256(data).hexdigest()[:8])
+    monkeypatch.setitem(BACKBONES, entry.name, entry)
+    monkeypatch.setenv("RTMO_CACHE_DIR", str(tmp_path))
+    (tmp_path / entry.filename).write_bytes(data)
+
+    model = init_weights(RTMO(RTMOConfig.preset("t")), url)
+    for k, v in donor.backbone.state_dict().items():
+        assert torch.equal(model.backbone.state_dict()[k], v), k
+    assert backbone_checkpoint("yolox-test") == tmp_path / entry.filename
+
+    (tmp_path / entry.filename).write_bytes(data[:-5] + b"xxxxx")
+    zoo._SHA_CACHE.clear()
+    with pytest.raises(CheckpointError, match="corrupt"):
+        load_backbone(model, "yolox-test")
+    with pytest.raises(FileNotFoundError, match="yolox-s"):
+        load_backbone(model, tmp_path / "missing.pth")
+    wrong = tmp_path / "resnet.pth"
+    torch.save({"state_dict": {"backbone.conv1.weight": torch.zeros(1)}}, wrong)
+    with pytest.raises(ValueError, match="does not fit"):
+        load_backbone(model, wrong)

@@ -577,20 +577,11 @@ def init_weights(model: nn.Module, backbone_checkpoint: str | Path | None = None
 
 
 def load_backbone(model: nn.Module, checkpoint: str | Path) -> None:
-    """Copy the `backbone.*` entries of a detector checkpoint (path or URL) into `model.backbone`."""
-    from ..zoo import cache_dir, read_checkpoint
+    """Copy the `backbone.*` entries of a detector checkpoint into `model.backbone`. `checkpoint` is a
+    local file, a `rtmo.zoo.BACKBONES` name (e.g. 'yolox-s') or a URL; downloads are checksum-verified."""
+    from ..zoo import backbone_checkpoint, read_checkpoint
 
-    path = str(checkpoint)
-    if path.startswith(("http://", "https://")):
-        local = cache_dir() / path.rsplit("/", 1)[-1]
-        if not local.is_file():
-            local.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                torch.hub.download_url_to_file(path, str(local), progress=True)
-            except Exception as e:  # noqa: BLE001 - any network failure gets the same advice
-                raise RuntimeError(f"could not download the backbone checkpoint {path} ({e}); download it "
-                                   f"by hand to {local} or pass a local path") from None
-        path = str(local)
+    path = backbone_checkpoint(checkpoint)
     state, _ = read_checkpoint(path)
     sub = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
     if not sub:
