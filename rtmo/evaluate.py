@@ -323,10 +323,11 @@ def evaluate(ann_file: AnnSource, results: ResultsSource, protocol: str = "coco"
 
 
 def predict_dataset(model: Any, images_dir: str | os.PathLike, ann_file: AnnSource, batch_size: int = 8,
-                    category_id: int = 1) -> list[dict]:
+                    category_id: int = 1, shard: tuple[int, int] = (0, 1)) -> list[dict]:
     """Run `model.infer` on every image of the annotation file; returns COCO results records.
 
     Uses the model's configured thresholds (score 0.1, NMS 0.65: mmpose's test_step settings).
+    `shard=(rank, world)` predicts only every world-th image from rank (distributed evaluation).
     """
     if batch_size < 1:
         raise EvaluationError(f"batch_size must be >= 1, got {batch_size}")
@@ -342,6 +343,8 @@ def predict_dataset(model: Any, images_dir: str | os.PathLike, ann_file: AnnSour
         if not p.is_file():
             raise EvaluationError(f"image {img['id']}: {p} not found")
         items.append((img["id"], str(p)))
+    rank, world = shard
+    items = items[rank::world]
     records: list[dict] = []
     # validation may be called from a training loop: predict in eval mode, then restore the mode
     was_training = getattr(model, "training", False)
@@ -362,19 +365,28 @@ def evaluate_model(model: Any, images_dir: str | os.PathLike, ann_file: AnnSourc
                    batch_size: int = 8, results_file: str | os.PathLike | None = None) -> dict[str, float]:
     """Predict every annotated image with `model` and score the predictions with `protocol`.
 
-    `results_file`, when given, receives the COCO results JSON (written atomically).
+    Under torch.distributed (e.g. torchrun) every rank must call it: each predicts its shard of the
+    images, rank 0 gathers the records and scores them, and every rank returns rank 0's metrics.
+    `results_file`, when given, receives the COCO results JSON (written atomically, by rank 0).
     """
+    from .train import distributed as du
+
     if protocol not in PROTOCOLS:
         raise EvaluationError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
     gt = load_annotations(ann_file)
-    records = predict_dataset(model, images_dir, gt, batch_size)
-    if results_file is not None:
-        _write_json_atomic(results_file, records)
     sigmas = getattr(getattr(model, "keypoint_info", None), "sigmas", None)
     if sigmas is not None and len(sigmas) != gt["_num_keypoints"]:
         raise EvaluationError(f"model predicts {len(sigmas)} keypoints, the annotation file has "
                               f"{gt['_num_keypoints']}")
-    return evaluate(gt, records, protocol, sigmas)
+    records = predict_dataset(model, images_dir, gt, batch_size, shard=(du.get_rank(), du.world_size()))
+    parts = du.gather_objects(records)
+    metrics = None
+    if parts is not None:
+        records = [r for part in parts for r in part]
+        if results_file is not None:
+            _write_json_atomic(results_file, records)
+        metrics = evaluate(gt, records, protocol, sigmas)
+    return du.broadcast_object(metrics)
 
 
 # ---------------------------------------------------------------------------------------------

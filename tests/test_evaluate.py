@@ -372,3 +372,55 @@ def test_bad_results(tmp_path):
         evaluate_crowdpose(gt, tmp_path / "nope.json")
     # empty results: zeros where there is ground truth
     assert evaluate_crowdpose(gt, [])["AP"] == 0.0
+
+
+class _ShiftedOracle(_OracleModel):
+    """GT people, with the keypoints of every other image shifted by 6 px: AP strictly between 0 and 1, and
+    different when any image is left out."""
+
+    def __init__(self, gt: dict, kinfo):
+        super().__init__(gt, kinfo)
+        for i, name in enumerate(sorted(self.by_name)):
+            if i % 2:
+                r = self.by_name[name]
+                self.by_name[name] = PoseResult(
+                    boxes=r.boxes, scores=r.scores, class_ids=r.class_ids, keypoints=r.keypoints + 6.0,
+                    keypoint_scores=r.keypoint_scores, image_shape=r.image_shape,
+                    keypoint_info=r.keypoint_info)
+        self.seen: list[str] = []
+
+    def infer(self, paths):
+        self.seen += [Path(p).name for p in paths]
+        return super().infer(paths)
+
+
+def _dist_eval_worker(rank: int, world: int, port: int, out_dir: str) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    model = _ShiftedOracle(_load(COCO_ANN), COCO_KEYPOINTS)
+    res = Path(out_dir) / "results.json"
+    m = evaluate_model(model, COCO_ANN.parent, COCO_ANN, "coco", batch_size=1, results_file=res)
+    Path(out_dir, f"rank{rank}.json").write_text(json.dumps({"metrics": m, "seen": model.seen}))
+    dist.destroy_process_group()
+
+
+def test_distributed_evaluation_shards_and_gathers(tmp_path):
+    """2 Gloo processes: each predicts its half of the images, rank 0 scores all of them, both ranks
+    return the single-process metrics, and rank 0 alone writes the complete results file."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    gt = _load(COCO_ANN)
+    single = evaluate_model(_ShiftedOracle(gt, COCO_KEYPOINTS), COCO_ANN.parent, COCO_ANN, "coco")
+    assert 0.0 < single["AP"] < 1.0
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_dist_eval_worker, args=(2, port, str(tmp_path)), nprocs=2, join=True)
+    r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
+    assert r0["metrics"] == single and r1["metrics"] == single
+    assert len(r0["seen"]) == len(r1["seen"]) == 2 and not set(r0["seen"]) & set(r1["seen"])
+    records = json.loads((tmp_path / "results.json").read_text())
+    assert {r["image_id"] for r in records} == {im["id"] for im in gt["images"]}

@@ -84,6 +84,16 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
     return box[0]
 
 
+def gather_objects(obj: Any, dst: int = 0) -> list[Any] | None:
+    """Every rank's `obj` as a list (rank order) on rank `dst`, None on the others; `[obj]` when not
+    distributed."""
+    if not is_dist():
+        return [obj]
+    out: list[Any] | None = [None] * dist.get_world_size() if dist.get_rank() == dst else None
+    dist.gather_object(obj, out, dst=dst)
+    return out
+
+
 @torch.no_grad()
 def average_bn_stats(model: nn.Module) -> None:
     """mmpose's SyncNormHook: average the BatchNorm running mean/var over ranks (before validation), since

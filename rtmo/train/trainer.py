@@ -229,8 +229,9 @@ class Trainer:
     """Trains `model` with `recipe` on `data`. `loss_fn(model, images, targets)` defaults to
     `model(images, targets)` (RTMO's training forward, which calls `rtmo.train.losses.compute_losses`).
 
-    `evaluate(ema_model) -> {'AP': ...}` runs on rank 0 with the EMA weights in eval mode; the first key of
-    the returned dict decides `best.pth`. Set `max_iters_per_epoch` to cut epochs short (smoke runs, tests).
+    `evaluate(ema_model) -> {'AP': ...}` runs with the EMA weights in eval mode on every rank (it may shard
+    the work, as `rtmo.evaluate.evaluate_model` does); rank 0's result is logged and its first key decides
+    `best.pth`. Set `max_iters_per_epoch` to cut epochs short (smoke runs, tests).
     """
 
     def __init__(self, model: nn.Module, recipe: TrainRecipe, data: TrainData, out_dir: str | Path,
@@ -413,16 +414,17 @@ class Trainer:
         du.average_bn_stats(self.model)  # SyncNormHook
         if self.ema is not None:
             du.average_bn_stats(self.ema.module)
-        metrics = None
+        # Every rank evaluates: the default evaluator (rtmo.evaluate.evaluate_model) predicts this rank's
+        # shard of the images and rank 0 scores the gathered predictions.
+        net = self.ema.module if self.ema is not None else self.model
+        was_training = net.training
+        net.eval()
+        with torch.no_grad():
+            metrics = {k: float(v) for k, v in self.evaluate(net).items()}
+        net.train(was_training)
+        if self.ema is not None:
+            self.ema.module.eval()
         if self.dist.is_main:
-            net = self.ema.module if self.ema is not None else self.model
-            was_training = net.training
-            net.eval()
-            with torch.no_grad():
-                metrics = {k: float(v) for k, v in self.evaluate(net).items()}
-            net.train(was_training)
-            if self.ema is not None:
-                self.ema.module.eval()
             self._log({"type": "val", "epoch": epoch, "iter": self.iter, **metrics})
             if self.progress:
                 print(f"epoch {epoch + 1}: " + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
@@ -695,8 +697,8 @@ def default_train_data(recipe: TrainRecipe) -> TrainData:
 
 
 def default_evaluator(recipe: TrainRecipe) -> Evaluator | None:
-    """COCO / CrowdPose keypoint AP on the recipe's validation set (rank 0, EMA weights); None when the
-    evaluation module or the validation annotations are missing."""
+    """COCO / CrowdPose keypoint AP on the recipe's validation set (EMA weights; the images sharded over
+    ranks); None when the evaluation module or the validation annotations are missing."""
     ann = Path(recipe.data.root) / recipe.data.val_ann_file
     if not ann.is_file():
         log.warning("validation annotations %s not found: training without validation", ann)
