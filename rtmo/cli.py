@@ -226,6 +226,15 @@ def add_train(sub: Any) -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train following an official recipe (name) or a TOML recipe file")
     p.add_argument("recipe", help="recipe name, e.g. rtmo-s_8xb32-600e_coco-640x640, or a .toml path")
     p.add_argument("--data-root", default=None, help="dataset root (overrides the recipe's)")
+    p.add_argument("--train-ann", default=None, help="train on this COCO-format keypoint file instead of the "
+                   "recipe's datasets (any keypoint set; needs --train-images)")
+    p.add_argument("--train-images", default=None, help="image folder of --train-ann")
+    p.add_argument("--val-ann", default=None, help="validate on this COCO-format file (needs --val-images)")
+    p.add_argument("--val-images", default=None, help="image folder of --val-ann")
+    p.add_argument("--backbone", default=None, choices=["csp", "resnet18", "resnet34", "resnet50"],
+                   help="backbone (default: the recipe's, CSPDarknet)")
+    p.add_argument("--backbone-init", default=None, help="backbone weights: YOLOX checkpoint (name such as "
+                   "yolox-s, URL or file) for CSPDarknet, torchvision file for ResNet; '' for none")
     p.add_argument("--output", "-o", default="runs/train", help="run folder (default: %(default)s)")
     p.add_argument("--epochs", type=int, default=None, help="rescale the schedule to this many epochs")
     p.add_argument("--batch-size", type=int, default=None, help="per-device batch size")
@@ -245,7 +254,9 @@ def run_train(args: argparse.Namespace) -> int:
 
     train(args.recipe, data_root=args.data_root, out_dir=args.output, epochs=args.epochs,
           batch_size=args.batch_size, device=args.device, workers=args.workers, resume=args.resume,
-          init_from=args.init_from, amp=args.amp, seed=args.seed)
+          init_from=args.init_from, amp=args.amp, seed=args.seed, backbone=args.backbone,
+          backbone_init=args.backbone_init, train_ann=args.train_ann, train_images=args.train_images,
+          val_ann=args.val_ann, val_images=args.val_images)
     return 0
 
 

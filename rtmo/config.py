@@ -23,6 +23,24 @@ class KeypointInfo:
     def num_keypoints(self) -> int:
         return len(self.names)
 
+    def to_dict(self) -> dict:
+        return {"name": self.name, "names": list(self.names), "skeleton": [list(e) for e in self.skeleton],
+                "flip_indices": list(self.flip_indices), "sigmas": list(self.sigmas)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> KeypointInfo:
+        """The inverse of `to_dict` (e.g. from a checkpoint's meta), checked for consistency."""
+        try:
+            info = cls(str(d["name"]), tuple(str(n) for n in d["names"]),
+                       tuple((int(a), int(b)) for a, b in d.get("skeleton", ())),
+                       tuple(int(i) for i in d["flip_indices"]), tuple(float(s) for s in d["sigmas"]))
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"malformed keypoint info {d!r}: {e}") from None
+        k = info.num_keypoints
+        if len(info.sigmas) != k or sorted(info.flip_indices) != list(range(k)):
+            raise ValueError(f"keypoint info {info.name!r}: sigmas/flip_indices do not match {k} names")
+        return info
+
     def side(self, index: int) -> str:
         """'left', 'right' or 'center' — used to colour limbs."""
         n = self.names[index]

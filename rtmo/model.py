@@ -37,7 +37,7 @@ class RTMO(nn.Module):
         else:
             self.backbone = CSPDarknet(config.backbone_config)
         self.neck = HybridEncoder(self.backbone.out_channels, config)
-        self.head = RTMOHead(config)
+        self.head = RTMOHead(config, self.keypoint_info.sigmas)
         self.class_names: tuple[str, ...] = ("person",)
         self.checkpoint_info: dict[str, Any] = {}
         self._priors_cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from .config import RTMOConfig, keypoint_info_for
+from .config import KeypointInfo, ResNetConfig, RTMOConfig, keypoint_info_for
 from .model import RTMO
 
 log = logging.getLogger(__name__)
@@ -325,18 +325,40 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
 _STEM_WIDTH_TO_VARIANT = {24: "t", 32: "s", 48: "m", 64: "l"}
 
 
+# pose-branch width 8 * int(36 * widen_factor) -> variant (sizes neck and head of a ResNet-backbone model)
+_POSE_WIDTH_TO_VARIANT = {104: "t", 144: "s", 216: "m", 288: "l"}
+
+
+def _resnet_config(state_dict: dict[str, torch.Tensor], variant: str) -> ResNetConfig:
+    if "backbone.layer1.0.conv3.weight" in state_dict:
+        depth = 50
+    else:
+        depth = 34 if "backbone.layer3.2.conv1.weight" in state_dict else 18
+    p = RTMOConfig.preset(variant)
+    return ResNetConfig(depth=depth, widen_factor=p.widen_factor, deepen_factor=p.deepen_factor)
+
+
 def detect_config(state_dict: dict[str, torch.Tensor], meta: dict | None = None) -> RTMOConfig:
-    """Architecture (variant, keypoint count, input size) from tensor shapes (and meta, if it says)."""
+    """Architecture (variant, backbone, keypoint count, input size) from tensor shapes (and meta)."""
     stem = state_dict.get("backbone.stem.conv.conv.weight")
     vis = state_dict.get("head.head_module.out_kpt_vis.0.weight")
-    if stem is None or vis is None:
-        raise CheckpointError("not an RTMO checkpoint: missing backbone.stem.conv.conv.weight or "
-                              "head.head_module.out_kpt_vis.0.weight")
-    variant = _STEM_WIDTH_TO_VARIANT.get(int(stem.shape[0]))
-    if variant is None:
-        raise CheckpointError(f"unknown backbone width {stem.shape[0]} (expected one of "
-                              f"{sorted(_STEM_WIDTH_TO_VARIANT)} for RTMO-t/s/m/l)")
+    resnet = "backbone.conv1.weight" in state_dict and "backbone.layer1.0.conv1.weight" in state_dict
+    if (stem is None and not resnet) or vis is None:
+        raise CheckpointError("not an RTMO checkpoint: missing backbone.stem.conv.conv.weight (or a ResNet "
+                              "backbone) or head.head_module.out_kpt_vis.0.weight")
+    if resnet:
+        variant = _POSE_WIDTH_TO_VARIANT.get(int(vis.shape[1]))
+        if variant is None:
+            raise CheckpointError(f"unknown pose-branch width {vis.shape[1]} (expected one of "
+                                  f"{sorted(_POSE_WIDTH_TO_VARIANT)})")
+    else:
+        variant = _STEM_WIDTH_TO_VARIANT.get(int(stem.shape[0]))
+        if variant is None:
+            raise CheckpointError(f"unknown backbone width {stem.shape[0]} (expected one of "
+                                  f"{sorted(_STEM_WIDTH_TO_VARIANT)} for RTMO-t/s/m/l)")
     cfg = RTMOConfig.preset(variant, int(vis.shape[0]))
+    if resnet:
+        cfg.backbone_config = _resnet_config(state_dict, variant)
     size = _input_size_from_meta(meta or {})
     if size is not None:
         cfg.input_size = size
@@ -352,6 +374,21 @@ def _input_size_from_meta(meta: dict) -> tuple[int, int] | None:
         if m:
             return int(m.group(1)), int(m.group(2))
     return None
+
+
+def _keypoint_info_from_meta(meta: dict, num_keypoints: int) -> KeypointInfo | None:
+    """The keypoint set our trainer records in `meta` (custom names, skeleton and sigmas); None otherwise."""
+    d = meta.get("keypoint_info")
+    if not isinstance(d, dict):
+        return None
+    try:
+        info = KeypointInfo.from_dict(d)
+    except ValueError as e:
+        raise CheckpointError(f"checkpoint meta: {e}") from None
+    if info.num_keypoints != num_keypoints:
+        raise CheckpointError(f"checkpoint meta describes {info.num_keypoints} keypoints, the weights "
+                              f"{num_keypoints}")
+    return info
 
 
 def load_state_dict_checked(model: RTMO, state_dict: dict[str, torch.Tensor]) -> None:
@@ -407,7 +444,7 @@ class ModelManager:
             source = {"name": Path(key).stem, "path": str(Path(key).resolve())}
         if input_size is not None:
             config.input_size = tuple(input_size)
-        model = RTMO(config)
+        model = RTMO(config, keypoint_info=_keypoint_info_from_meta(meta, config.num_keypoints))
         load_state_dict_checked(model, state_dict)
         model.checkpoint_info = {**source, "sha256": sha256_of(source["path"])}
         model.eval()

@@ -73,9 +73,9 @@ class KeypointSigmas(nn.Module):
 
 
 class RTMOHead(nn.Module):
-    def __init__(self, cfg: RTMOConfig):
+    def __init__(self, cfg: RTMOConfig, sigmas: tuple[float, ...] | None = None):
         super().__init__()
-        self.loss_oks = KeypointSigmas(keypoint_info_for(cfg.num_keypoints).sigmas)
+        self.loss_oks = KeypointSigmas(sigmas or keypoint_info_for(cfg.num_keypoints).sigmas)
         self.head_module = RTMOHeadModule(cfg)
         self.dcc = DCC(cfg)
 

@@ -428,6 +428,10 @@ class TrainDataset:
     def __len__(self) -> int:
         return len(self.source)
 
+    @property
+    def keypoint_info(self) -> KeypointInfo:
+        return self.source.keypoint_info
+
     def rng_for(self, index: int) -> Rng:
         seed = self.seed
         if seed is None:
@@ -480,7 +484,8 @@ def _source_from_specs(root: Path, specs: Sequence[Any],
         mapping = tuple(tuple(p) for p in spec.mapping)
         identity = mapping == tuple((i, i) for i in range(num_keypoints))
         conv = KeypointConverter(num_keypoints, mapping) if mapping and not identity else None
-        sets.append(CocoPoseDataset(root / spec.ann_file, root / spec.img_prefix, converter=conv,
+        sets.append(CocoPoseDataset(root / spec.ann_file, root / spec.img_prefix, sigmas=spec.sigmas,
+                                    flip_indices=spec.flip_indices, converter=conv,
                                     target=target if conv is not None else None))
     if len(sets) == 1 and specs[0].ratio == 1.0:
         return sets[0]

@@ -31,6 +31,9 @@ class DatasetSpec:
     img_prefix: str = "coco/train2017/"
     ratio: float = 1.0
     mapping: list[list[int]] = field(default_factory=list)  # (source index, target index) pairs
+    # OKS sigmas / flip partners of a custom keypoint set (COCO-17 and CrowdPose-14 have built-in ones)
+    sigmas: list[float] | None = None
+    flip_indices: list[int] | None = None
 
 
 @dataclass
@@ -155,6 +158,9 @@ class TrainRecipe:
     variant: str = "s"
     num_keypoints: int = 17
     input_size: tuple[int, int] = (640, 640)  # (w, h)
+    # "csp" (CSPDarknet, the official one) or "resnet18" / "resnet34" / "resnet50" (neck and head keep the
+    # variant's widths); for a ResNet, `backbone_init` is a torchvision ImageNet file (or "")
+    backbone: str = "csp"
     backbone_init: str = ""  # YOLOX detector checkpoint (URL or path) whose `backbone.*` weights init ours
     data: DataRecipe = field(default_factory=DataRecipe)
     augment: AugmentRecipe = field(default_factory=AugmentRecipe)

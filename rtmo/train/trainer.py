@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from ..config import ResNetConfig, RTMOConfig
 from . import distributed as du
 from .ema import ModelEMA
 from .optim import LRSchedule, build_optimizer
@@ -438,10 +439,14 @@ class Trainer:
         raw = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
         ema = {k: v.detach().cpu() for k, v in self.ema.module.state_dict().items()} if self.ema else raw
         rec = self.recipe
+        meta: dict[str, Any] = {"input_size": list(rec.input_size), "variant": rec.variant,
+                                "num_keypoints": rec.num_keypoints, "recipe": rec.to_dict(),
+                                "epoch": self.epoch, "iter": self.iter, "trainer": "rtmo"}
+        kinfo = getattr(self.model, "keypoint_info", None)
+        if kinfo is not None:  # names, skeleton, flip pairs and sigmas travel with the weights
+            meta["keypoint_info"] = kinfo.to_dict()
         return {
-            "meta": {"input_size": list(rec.input_size), "variant": rec.variant,
-                     "num_keypoints": rec.num_keypoints, "recipe": rec.to_dict(), "epoch": self.epoch,
-                     "iter": self.iter, "trainer": "rtmo"},
+            "meta": meta,
             "state_dict": ema,
             "model": raw,
             "ema": self.ema.state_dict() if self.ema else None,
@@ -598,17 +603,25 @@ def load_backbone(model: nn.Module, checkpoint: str | Path) -> None:
 def train(recipe: TrainRecipe | str | Path, *, data_root: str | Path | None = None,
           out_dir: str | Path = "runs/train", epochs: int | None = None, batch_size: int | None = None,
           device: str | None = None, workers: int | None = None, resume: str | Path | bool | None = None,
-          init_from: str | Path | None = None, backbone_init: str | None = None, amp: bool | None = None,
+          init_from: str | Path | None = None, backbone: str | None = None,
+          backbone_init: str | None = None, amp: bool | None = None,
           seed: int | None = None, max_iters_per_epoch: int | None = None, data: TrainData | None = None,
-          evaluate: Evaluator | None | bool = True, progress: bool = True) -> dict[str, Any]:
+          evaluate: Evaluator | None | bool = True, progress: bool = True,
+          train_ann: str | Path | None = None, train_images: str | Path | None = None,
+          val_ann: str | Path | None = None, val_images: str | Path | None = None) -> dict[str, Any]:
     """Train an RTMO model following `recipe` (a `TrainRecipe`, an official config name or a TOML path).
 
     `epochs` rescales the schedule: every epoch milestone (warm-up, cosines, bump, switches, validation
     from) is multiplied by `epochs / recipe epochs`, keeping the shape of the official schedule.
     `resume=True` continues from `out_dir/last.pth`; `init_from` loads weights (e.g. an official
-    checkpoint) before training; `backbone_init` overrides the recipe's YOLOX checkpoint ('' for none).
+    checkpoint) before training; `backbone` picks 'csp' or 'resnet18/34/50'; `backbone_init` overrides
+    the recipe's YOLOX checkpoint ('' for none; a torchvision file for a ResNet).
+
+    `train_ann`/`train_images` replace the recipe's training sets by one COCO-format file and its image
+    folder (used for both stages), `val_ann`/`val_images` its validation set. The keypoint set (count,
+    names, flip pairs, OKS sigmas) comes from the training annotations: a custom set trains a model with
+    that many keypoints, and its checkpoints carry the set.
     """
-    from ..config import RTMOConfig
     from ..model import RTMO
 
     if not isinstance(recipe, TrainRecipe):
@@ -622,8 +635,28 @@ def train(recipe: TrainRecipe | str | Path, *, data_root: str | Path | None = No
         over["runtime.amp"] = over["runtime.cpu_amp"] = bool(amp)
     if seed is not None:
         over["runtime.seed"] = int(seed)
+    if backbone is not None:
+        over["backbone"] = backbone
+        if backbone != "csp" and backbone_init is None:
+            over["backbone_init"] = ""  # the recipe's YOLOX file does not fit a ResNet
     if backbone_init is not None:
         over["backbone_init"] = backbone_init
+    if (train_ann is None) != (train_images is None) or (val_ann is None) != (val_images is None):
+        raise ValueError("give annotation files together with their image folders (train_ann with "
+                         "train_images, val_ann with val_images)")
+    for path, what in ((train_ann, "training annotations"), (val_ann, "validation annotations")):
+        if path is not None and not Path(path).is_file():
+            raise FileNotFoundError(f"{what} not found: {path}")
+    for path, what in ((train_images, "training images"), (val_images, "validation images")):
+        if path is not None and not Path(path).is_dir():
+            raise FileNotFoundError(f"{what} folder not found: {path}")
+    if train_ann is not None:
+        over["data.train"] = [{"name": Path(train_ann).stem, "ann_file": str(Path(train_ann).resolve()),
+                               "img_prefix": str(Path(train_images).resolve())}]
+        over["data.stage2_train"] = None
+    if val_ann is not None:
+        over["data.val_ann_file"] = str(Path(val_ann).resolve())
+        over["data.val_img_prefix"] = str(Path(val_images).resolve())
     recipe = recipe.with_overrides(**over)
     if epochs is not None:
         recipe = scale_epochs(recipe, epochs)
@@ -635,18 +668,25 @@ def train(recipe: TrainRecipe | str | Path, *, data_root: str | Path | None = No
     out_dir = Path(out_dir)
     if resume is True:
         resume = out_dir / "last.pth"
-    cfg = RTMOConfig.preset(recipe.variant, recipe.num_keypoints)
-    cfg.input_size = tuple(recipe.input_size)
+    if data is None:
+        data = default_train_data(recipe)
+    kinfo = getattr(data.build_dataset(1), "keypoint_info", None)
+    if kinfo is not None and kinfo.num_keypoints != recipe.num_keypoints:
+        log.info("the training set has %d keypoints (%s): training a %d-keypoint model", kinfo.num_keypoints,
+                 kinfo.name, kinfo.num_keypoints)
+        recipe = recipe.with_overrides(num_keypoints=kinfo.num_keypoints)
+    cfg = model_config(recipe)
     seed_everything(recipe.runtime.seed)  # the same initial weights on every rank and every run
-    model = RTMO(cfg)
+    model = RTMO(cfg, keypoint_info=kinfo)
     if init_from:
         from ..zoo import load_state_dict_checked, read_checkpoint
 
         load_state_dict_checked(model, read_checkpoint(init_from)[0])
     elif not resume:
-        init_weights(model, recipe.backbone_init or None)
-    if data is None:
-        data = default_train_data(recipe)
+        resnet = isinstance(cfg.backbone_config, ResNetConfig)
+        init_weights(model, None if resnet else recipe.backbone_init or None)
+        if resnet and recipe.backbone_init:
+            model.backbone.load_torchvision(recipe.backbone_init)
     if evaluate is True:
         evaluate = default_evaluator(recipe)
     trainer = Trainer(model, recipe, data, out_dir, device=device, evaluate=evaluate or None,
@@ -657,6 +697,19 @@ def train(recipe: TrainRecipe | str | Path, *, data_root: str | Path | None = No
     finally:
         trainer.close()
         du.cleanup()
+
+
+def model_config(recipe: TrainRecipe) -> RTMOConfig:
+    """The RTMOConfig a recipe trains: its variant, keypoint count, input size and backbone."""
+    cfg = RTMOConfig.preset(recipe.variant, recipe.num_keypoints)
+    cfg.input_size = tuple(recipe.input_size)
+    if recipe.backbone != "csp":
+        depths = {"resnet18": 18, "resnet34": 34, "resnet50": 50}
+        if recipe.backbone not in depths:
+            raise ValueError(f"backbone must be 'csp' or one of {', '.join(depths)}, got {recipe.backbone!r}")
+        cfg.backbone_config = ResNetConfig(depth=depths[recipe.backbone], widen_factor=cfg.widen_factor,
+                                           deepen_factor=cfg.deepen_factor)
+    return cfg
 
 
 def scale_epochs(recipe: TrainRecipe, epochs: int) -> TrainRecipe:
