@@ -2,7 +2,7 @@
 COCO keypoint AP (pycocotools, on the same 4 images) rise. A training-path smoke test, not a benchmark of
 accuracy: the numbers only say that assignment, losses, optimiser and schedule work together.
 
-    python bench/overfit.py --variant t --size 256 --epochs 300 --eval-every 25
+    python bench/overfit.py --variant t --size 256 --iters 3000 --eval-every 250 --out curve.json
     python bench/overfit.py --backbone resnet18 ...   # ResNet-18 backbone (no pretrained weights here)
 
 Prints the loss/AP curve and seconds per iteration; writes the curve as JSON with --out.
@@ -80,14 +80,16 @@ def collate(samples: list) -> tuple[torch.Tensor, list]:
 
 
 class Fixed(torch.utils.data.Dataset):
-    def __init__(self, samples: list):
-        self.samples = samples
+    """The samples, `repeat` times per epoch (fewer epoch-end checkpoint writes on long runs)."""
+
+    def __init__(self, samples: list, repeat: int = 1):
+        self.samples, self.repeat = samples, repeat
 
     def __len__(self) -> int:
-        return len(self.samples)
+        return len(self.samples) * self.repeat
 
     def __getitem__(self, i: int):
-        return self.samples[i]
+        return self.samples[i % len(self.samples)]
 
 
 def coco_ap(model: RTMO, ann_file: Path) -> dict[str, float]:
@@ -103,9 +105,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--variant", default="t", choices=["t", "s"])
     ap.add_argument("--backbone", default="csp", choices=["csp", "resnet18"])
     ap.add_argument("--size", type=int, default=256, help="input size (multiple of 32)")
-    ap.add_argument("--epochs", type=int, default=300, help="1 iteration per epoch (4 images)")
-    ap.add_argument("--eval-every", type=int, default=25)
-    ap.add_argument("--lr", type=float, default=0.004)
+    ap.add_argument("--iters", type=int, default=3000, help="training iterations (batch of the 4 images)")
+    ap.add_argument("--iters-per-epoch", type=int, default=10, help="the 4 images repeated this many times "
+                    "per epoch; schedule milestones, validation and checkpoints are per epoch")
+    ap.add_argument("--eval-every", type=int, default=250,
+                    help="iterations (a multiple of --iters-per-epoch)")
+    ap.add_argument("--lr", type=float, default=0.001, help="base LR (the recipe's 0.004 is for batch 256; "
+                    "at batch 4 it stalls, see the README)")
     ap.add_argument("--ema", action="store_true", help="validate the EMA weights (the recipe's default; with "
                     "momentum 2e-4 they trail the model for the first ~2000 iterations)")
     ap.add_argument("--ann", type=Path, default=DATA / "test_coco.json")
@@ -121,14 +127,21 @@ def main(argv: list[str] | None = None) -> int:
     if args.size % 32:
         print("--size must be a multiple of 32", file=sys.stderr)
         return 2
+    ipe = args.iters_per_epoch
+    if args.iters % ipe or args.eval_every % ipe:
+        print("--iters and --eval-every must be multiples of --iters-per-epoch", file=sys.stderr)
+        return 2
+    epochs = args.iters // ipe
 
     name = "rtmo-t_8xb32-600e_body7-416x416" if args.variant == "t" else "rtmo-s_8xb32-600e_coco-640x640"
     recipe = TrainRecipe.load(name).with_overrides(**{
         "input_size": [args.size, args.size], "augment.multiscale_range": [args.size, args.size],
         "data.batch_size": 4, "data.workers": 0, "optim.lr": args.lr, "ema.enabled": args.ema,
         "runtime.log_interval": 1, "runtime.checkpoint_interval": 10**9})
-    recipe = scale_epochs(recipe, args.epochs)
-    recipe = recipe.with_overrides(**{"runtime.val_interval": args.eval_every})
+    recipe = scale_epochs(recipe, epochs)
+    # validate every --eval-every iterations only (not every epoch of the last 20/600 of the schedule)
+    recipe = recipe.with_overrides(**{"runtime.val_interval": args.eval_every // ipe,
+                                      "runtime.val_every_epoch_from": epochs})
     cfg = RTMOConfig.preset(args.variant)
     if args.backbone == "resnet18":
         from rtmo.config import ResNetConfig
@@ -140,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     model = init_weights(RTMO(cfg))  # from scratch: no YOLOX backbone (no network here)
     samples = load_samples(args.ann, args.size)
     print(f"{args.variant} ({args.backbone}) at {args.size}x{args.size}: {len(samples)} images, "
-          f"{sum(len(t['bboxes']) for _, t in samples)} people, {args.epochs} iterations")
+          f"{sum(len(t['bboxes']) for _, t in samples)} people, {args.iters} iterations, lr {args.lr}")
 
     curve: list[dict] = []
     t_start = time.perf_counter()
@@ -151,11 +164,11 @@ def main(argv: list[str] | None = None) -> int:
         curve.append({"iter": trainer.iter, **m})
         return m
 
-    trainer = Trainer(model, recipe, TrainData(lambda stage: Fixed(samples), collate), args.run_dir,
+    trainer = Trainer(model, recipe, TrainData(lambda stage: Fixed(samples, ipe), collate), args.run_dir,
                       device=args.device, evaluate=evaluate, progress=False, tensorboard=False)
     trainer.fit()
     losses = [json.loads(line) for line in open(args.run_dir / "metrics.jsonl")]
-    train_recs = [r for r in losses if r["type"] == "train"][-args.epochs:]
+    train_recs = [r for r in losses if r["type"] == "train"][-args.iters:]
     sec_it = float(np.median([r["sec_per_iter"] for r in train_recs]))
     print(f"{'iter':>6} {'loss':>9} {'AP':>7} {'AP50':>7}")
     by_iter = {r["iter"]: r for r in train_recs}

@@ -202,7 +202,8 @@ def run_models(args: argparse.Namespace) -> int:
 
 def add_val(sub: Any) -> argparse.ArgumentParser:
     p = sub.add_parser("val", help="COCO / CrowdPose keypoint AP of a results file or of a model")
-    p.add_argument("ann", help="COCO-format annotation file")
+    p.add_argument("ann_pos", nargs="?", default=None, metavar="ann", help="COCO-format annotation file")
+    p.add_argument("--ann", default=None, help="the same, as an option")
     p.add_argument("--results", default=None, help="COCO results JSON to score")
     p.add_argument("--model", "-m", default=None, help="model to run instead (name or checkpoint path)")
     p.add_argument("--images", default=None, help="image folder (with --model)")
@@ -216,7 +217,10 @@ def add_val(sub: Any) -> argparse.ArgumentParser:
 def run_val(args: argparse.Namespace) -> int:
     from .evaluate import run_val as _run_val
 
-    _run_val(args.ann, args.results, args.model, args.images, args.protocol, args.output, args.batch_size)
+    if (args.ann is None) == (args.ann_pos is None):
+        raise ValueError("give the annotation file once: `rtmo val FILE ...` or `rtmo val --ann FILE ...`")
+    _run_val(args.ann or args.ann_pos, args.results, args.model, args.images, args.protocol, args.output,
+             args.batch_size)
     return 0
 
 

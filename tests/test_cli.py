@@ -212,6 +212,7 @@ def test_every_subcommand_registered():
     assert p.parse_args(["predict", "x.jpg"]).func is run_predict
     assert p.parse_args(["models"]).func is run_models
     assert p.parse_args(["val", "a.json", "--results", "r.json"]).func is run_val
+    assert p.parse_args(["val", "--ann", "a.json", "--results", "r.json"]).ann == "a.json"
     assert p.parse_args(["train", "rtmo-s_8xb32-600e_coco-640x640", "--resume"]).resume is True
     assert p.parse_args(["train", "r"]).func is run_train
     assert {"export", "benchmark"} <= set(p._subparsers._group_actions[0].choices)

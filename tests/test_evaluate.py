@@ -424,3 +424,20 @@ def test_distributed_evaluation_shards_and_gathers(tmp_path):
     assert len(r0["seen"]) == len(r1["seen"]) == 2 and not set(r0["seen"]) & set(r1["seen"])
     records = json.loads((tmp_path / "results.json").read_text())
     assert {r["image_id"] for r in records} == {im["id"] for im in gt["images"]}
+
+
+def test_rtmo_val_command(tmp_path, capsys):
+    """`rtmo val --ann FILE --results FILE --output FILE` as the issue spells it; GT as results -> 1.0;
+    the annotation file given twice or not at all is a one-line usage error."""
+    from rtmo.cli import main
+
+    gt = _load(COCO_ANN)
+    res = tmp_path / "res.json"
+    res.write_text(json.dumps(gt_as_predictions(gt)))
+    out = tmp_path / "m.json"
+    assert main(["val", "--ann", str(COCO_ANN), "--results", str(res), "--output", str(out)]) == 0
+    assert json.loads(out.read_text()) == {k: 1.0 for k in COCO_METRICS}
+    assert "AP50" in capsys.readouterr().out
+    assert main(["val", str(COCO_ANN), "--ann", str(COCO_ANN), "--results", str(res)]) == 2
+    assert main(["val", "--results", str(res)]) == 2
+    assert "annotation file" in capsys.readouterr().err
