@@ -5,7 +5,7 @@ from .infer.results import Detection, PoseResult
 from .model import RTMO
 
 __all__ = ["RTMO", "RTMOConfig", "CSPConfig", "KeypointInfo", "COCO_KEYPOINTS", "CROWDPOSE_KEYPOINTS",
-           "Detection", "PoseResult", "ModelManager"]
+           "Detection", "PoseResult", "ModelManager", "Tracker", "PoseSmoother"]
 __version__ = "0.1.0"
 
 
@@ -14,4 +14,8 @@ def __getattr__(name: str):
         from .zoo import ModelManager
 
         return ModelManager
+    if name in ("Tracker", "PoseSmoother"):  # video helpers, numpy only
+        from . import infer
+
+        return getattr(infer, name)
     raise AttributeError(name)
