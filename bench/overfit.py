@@ -80,16 +80,19 @@ def collate(samples: list) -> tuple[torch.Tensor, list]:
 
 
 class Fixed(torch.utils.data.Dataset):
-    """The samples, `repeat` times per epoch (fewer epoch-end checkpoint writes on long runs)."""
+    """The samples, `repeat` times per epoch (fewer epoch-end checkpoint writes on long runs). Items come
+    out in turn whatever index the sampler asks for, so that every batch of 4 holds each image once
+    (read in the main process: the overfit runs with workers=0)."""
 
     def __init__(self, samples: list, repeat: int = 1):
-        self.samples, self.repeat = samples, repeat
+        self.samples, self.repeat, self.calls = samples, repeat, 0
 
     def __len__(self) -> int:
         return len(self.samples) * self.repeat
 
     def __getitem__(self, i: int):
-        return self.samples[i % len(self.samples)]
+        self.calls += 1
+        return self.samples[(self.calls - 1) % len(self.samples)]
 
 
 def coco_ap(model: RTMO, ann_file: Path) -> dict[str, float]:
@@ -110,8 +113,10 @@ def main(argv: list[str] | None = None) -> int:
                     "per epoch; schedule milestones, validation and checkpoints are per epoch")
     ap.add_argument("--eval-every", type=int, default=250,
                     help="iterations (a multiple of --iters-per-epoch)")
-    ap.add_argument("--lr", type=float, default=0.001, help="base LR (the recipe's 0.004 is for batch 256; "
+    ap.add_argument("--lr", type=float, default=0.0004, help="base LR (the recipe's 0.004 is for batch 256; "
                     "at batch 4 it stalls, see the README)")
+    ap.add_argument("--head-switch", type=float, default=None, help="fraction of the iterations after "
+                    "which the head's stage-2 losses start (default: the recipe's 280/600)")
     ap.add_argument("--ema", action="store_true", help="validate the EMA weights (the recipe's default; with "
                     "momentum 2e-4 they trail the model for the first ~2000 iterations)")
     ap.add_argument("--ann", type=Path, default=DATA / "test_coco.json")
@@ -137,8 +142,13 @@ def main(argv: list[str] | None = None) -> int:
     recipe = TrainRecipe.load(name).with_overrides(**{
         "input_size": [args.size, args.size], "augment.multiscale_range": [args.size, args.size],
         "data.batch_size": 4, "data.workers": 0, "optim.lr": args.lr, "ema.enabled": args.ema,
+        # the recipe's floor (and its stage-2 bump) is 5 % of its base LR: keep that ratio for another LR
+        "schedule.eta_min": args.lr * 0.05,
         "runtime.log_interval": 1, "runtime.checkpoint_interval": 10**9})
     recipe = scale_epochs(recipe, epochs)
+    if args.head_switch is not None:
+        switch = int(round(args.head_switch * epochs))
+        recipe = recipe.with_overrides(**{"schedule.head_switch_epoch": switch})
     # validate every --eval-every iterations only (not every epoch of the last 20/600 of the schedule)
     recipe = recipe.with_overrides(**{"runtime.val_interval": args.eval_every // ipe,
                                       "runtime.val_every_epoch_from": epochs})

@@ -29,8 +29,9 @@ def test_overfit_loss_falls(tmp_path):
     run = tmp_path / "run"
     # 40 iterations at 128 px in 8 epochs of 5; the scaled schedule switches to stage 2 at epoch
     # round(280 * 8 / 600) = 4, after 20 iterations
+    # the recipe's LR (0.004) makes the first iterations fall fastest
     rc = overfit.main(["--variant", "t", "--size", "128", "--iters", "40", "--iters-per-epoch", "5",
-                       "--eval-every", "40",
+                       "--eval-every", "40", "--lr", "0.004",
                        "--ann", str(DATA / "coco" / "test_coco.json"), "--run-dir", str(run),
                        "--out", str(tmp_path / "curve.json")])
     assert rc == 0

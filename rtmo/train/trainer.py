@@ -65,40 +65,12 @@ def data_stage(recipe: TrainRecipe, epoch: int) -> int:
     return 2 if epoch >= recipe.schedule.data_switch_epoch else 1
 
 
-# Recipe name -> accepted LossConfig field names (the first one LossConfig has is set).
-_LOSS_FIELDS = {
-    "cls_weight": ("cls_weight", "loss_cls_weight", "lambda_cls", "w_cls"),
-    "bbox_weight": ("bbox_weight", "loss_bbox_weight", "lambda_bbox", "w_bbox"),
-    "vis_weight": ("vis_weight", "loss_vis_weight", "lambda_vis", "w_vis"),
-    "oks_weight": ("oks_weight", "loss_oks_weight", "lambda_oks", "w_oks"),
-    "mle_weight": ("mle_weight", "loss_mle_weight", "lambda_mle", "w_mle"),
-    "bbox_aux_weight": ("bbox_aux_weight", "loss_bbox_aux_weight", "aux_weight", "lambda_bbox_aux"),
-    "overlaps_power": ("overlaps_power",),
-    "proxy_target_cc": ("proxy_target_cc",),
-    "use_aux_loss": ("use_aux_loss",),
-    "use_keypoints_for_center": ("use_keypoints_for_center",),
-}
-
-
 def apply_loss_settings(model: nn.Module, settings: dict[str, Any]) -> None:
     """Hand the stage's loss settings to `rtmo.train.losses` through `model.loss_config`, which
-    `compute_losses(model, ...)` reads. A setting the LossConfig cannot hold is an error, not silence."""
-    try:
-        from .losses import LossConfig
-    except ImportError:  # stand-in losses (tests) read the plain dict
-        model.loss_config = dict(settings)
-        return
-    names = {f.name for f in dataclasses.fields(LossConfig)}
-    kwargs, missing = {}, []
-    for key, value in settings.items():
-        field_name = next((n for n in _LOSS_FIELDS.get(key, (key,)) if n in names), None)
-        if field_name is None:
-            missing.append(key)
-        else:
-            kwargs[field_name] = value
-    if missing:
-        raise RuntimeError(f"rtmo.train.losses.LossConfig has no field for the recipe settings {missing}")
-    model.loss_config = LossConfig(**kwargs)
+    `compute_losses(model, ...)` reads (recipe and LossConfig share field names)."""
+    from .losses import LossConfig
+
+    model.loss_config = LossConfig(**settings)
 
 
 # ----------------------------------------------------------------------------------------- batch helpers
