@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
                     "per epoch; schedule milestones, validation and checkpoints are per epoch")
     ap.add_argument("--eval-every", type=int, default=250,
                     help="iterations (a multiple of --iters-per-epoch)")
-    ap.add_argument("--lr", type=float, default=0.0004, help="base LR (the recipe's 0.004 is for batch 256; "
+    ap.add_argument("--lr", type=float, default=0.0002, help="base LR (the recipe's 0.004 is for batch 256; "
                     "at batch 4 it stalls, see the README)")
     ap.add_argument("--head-switch", type=float, default=None, help="fraction of the iterations after "
                     "which the head's stage-2 losses start (default: the recipe's 280/600)")
