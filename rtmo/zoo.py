@@ -145,18 +145,9 @@ def backbone_checkpoint(source: str | os.PathLike, download_missing: bool = True
                 raise FileNotFoundError(f"backbone checkpoint not found: {path} (give a file, a URL or one "
                                         f"of {known})")
             return path
-    path = cache_dir() / entry.filename
-    if path.is_file():
-        digest = sha256_of(path)
-        if not digest.startswith(entry.sha256_prefix):
-            raise CheckpointError(f"{path} is corrupt: sha256 starts with {digest[:8]}, the published "
-                                  f"file's with {entry.sha256_prefix}. Delete it and run again.")
-        return path
-    if not download_missing:
-        raise DownloadError(f"{entry.name} is not in the cache.\n  " + _manual_hint(entry, path))
-    if not entry.sha256_prefix:
-        log.warning("%s has no published checksum: the download cannot be verified", entry.url)
-    return download(entry, progress=progress)
+    if not entry.sha256_prefix and download_missing and not (cache_dir() / entry.filename).is_file():
+        log.warning("%s has no published checksum: a download cannot be verified", entry.url)
+    return _cached_or_download(entry, download_missing, progress)
 
 
 # ------------------------------------------------------------------------------------------ cache
@@ -243,19 +234,23 @@ def download(entry: ZooEntry | BackboneEntry, dest_dir: Path | None = None, prog
                         + _manual_hint(entry, dest))
 
 
-def fetch(name: str, download_missing: bool = True, progress: bool = True) -> Path:
-    """Path of a registry checkpoint, downloading it if needed; verified against its sha256 prefix."""
-    entry = REGISTRY[name]
+def _cached_or_download(entry: ZooEntry | BackboneEntry, download_missing: bool, progress: bool) -> Path:
+    """The entry's file in the cache, verified against its sha256 prefix, or downloaded there."""
     path = cache_dir() / entry.filename
     if path.is_file():
         digest = sha256_of(path)
         if digest.startswith(entry.sha256_prefix):
             return path
-        raise CheckpointError(f"{path} is corrupt: sha256 starts with {digest[:8]}, the official file's "
+        raise CheckpointError(f"{path} is corrupt: sha256 starts with {digest[:8]}, the published file's "
                               f"with {entry.sha256_prefix}. Delete it and run again to re-download.")
     if not download_missing:
         raise DownloadError(f"{entry.name} is not in the cache.\n  " + _manual_hint(entry, path))
     return download(entry, progress=progress)
+
+
+def fetch(name: str, download_missing: bool = True, progress: bool = True) -> Path:
+    """Path of a registry checkpoint, downloading it if needed; verified against its sha256 prefix."""
+    return _cached_or_download(REGISTRY[name], download_missing, progress)
 
 
 # ------------------------------------------------------------------------------------------ loading

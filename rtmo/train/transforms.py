@@ -125,12 +125,6 @@ def _flip_boxes(boxes: np.ndarray, width: int) -> np.ndarray:
     return out
 
 
-def warp_matrix(center: np.ndarray, scale: np.ndarray, rot: float,
-                output_size: tuple[int, int]) -> np.ndarray:
-    """mmpose `get_warp_matrix` with rotation (degrees); the one implementation lives in `ops.letterbox`."""
-    return get_warp_matrix(center, scale, output_size, rot)
-
-
 def perspective_matrix(center: np.ndarray, translate: np.ndarray, scale: float, rot: float,
                        shear: np.ndarray) -> np.ndarray:
     """mmpose `get_pers_warp_matrix`: T(center + translate) @ Shear @ R(rot) @ S(scale) @ T(-center), each
@@ -312,7 +306,7 @@ class RandomAffine:
             offset = offset_rate * [img_w, img_h]
             scale = _fix_aspect_long(scale_rate * [img_w, img_h], w / h)
             center = np.array([img_w / 2, img_h / 2], dtype=np.float32)
-            return warp_matrix(center + offset, scale, rotate, (w, h))
+            return get_warp_matrix(center + offset, scale, (w, h), rotate)
         center = np.array([w / 2, h / 2], dtype=np.float32)
         return perspective_matrix(center, offset_rate * [w, h], scale_rate[0], rotate, shear)
 
