@@ -24,7 +24,7 @@ def resolve_devices(spec: str | int | torch.device | None) -> list[torch.device]
     elif isinstance(spec, str):
         parts = [p.strip() for p in spec.split(",") if p.strip()]
     else:
-        raise DeviceError(f"device must be a string such as 'cpu', 'cuda:0' or '0', got {type(spec).__name__}")
+        raise DeviceError(f"device must be a name such as 'cpu', 'cuda:0' or '0', not {type(spec).__name__}")
     if not parts:
         raise DeviceError(f"device {spec!r} names no device")
     return [_one(p, spec) for p in parts]

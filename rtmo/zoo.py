@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from .checkpoint import CheckpointError, load_checkpoint
 from .config import KeypointInfo, ResNetConfig, RTMOConfig, keypoint_info_for
 from .model import RTMO
 
@@ -22,10 +23,6 @@ log = logging.getLogger(__name__)
 
 BASE_URL = "https://download.openmmlab.com/mmpose/v1/projects/rtmo/"
 CACHE_ENV = "RTMO_CACHE_DIR"
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be used: missing, corrupt, or not an RTMO state dict."""
 
 
 class DownloadError(RuntimeError):
@@ -255,53 +252,11 @@ def fetch(name: str, download_missing: bool = True, progress: bool = True) -> Pa
 
 # ------------------------------------------------------------------------------------------ loading
 
-# Known-harmless non-tensor types that mmengine may leave in a checkpoint's `meta`.
-def _numpy_safe_globals() -> list:
-    import numpy as np
-
-    out: list = [np.ndarray, np.dtype]
-    try:
-        from numpy.core.multiarray import _reconstruct, scalar
-    except ImportError:  # numpy >= 2 moved them
-        from numpy._core.multiarray import _reconstruct, scalar  # type: ignore
-    out += [_reconstruct, scalar]
-    out += [type(np.dtype(t)) for t in ("float32", "float64", "int32", "int64", "uint8", "bool")]
-    return out
-
-
 def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """(state_dict, meta) from an mmpose checkpoint, our own training checkpoint, or a bare state dict.
-
-    Always `weights_only=True`: a downloaded file can never run code on load.
-    """
+    """(state_dict, meta) from an mmpose checkpoint (published or mmengine format), our own training
+    checkpoint, or a bare state dict. Read by `rtmo.checkpoint.load_checkpoint`, which never runs code."""
     p = Path(path)
-    if not p.exists():
-        raise CheckpointError(f"{p}: no such checkpoint file")
-    if p.is_dir():
-        raise CheckpointError(f"{p}: is a directory; pass the .pth file inside it")
-    with open(p, "rb") as f:
-        head = f.read(4)
-    if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):  # zip (torch >= 1.6) or raw pickle
-        raise CheckpointError(f"{p}: not a PyTorch checkpoint (unrecognised file format)")
-    try:
-        try:
-            obj = torch.load(p, map_location="cpu", weights_only=True)
-        except Exception as e:  # numpy objects in meta are refused by the default allowlist
-            if "weights_only" not in str(e) and "Unsupported global" not in str(e):
-                raise
-            with torch.serialization.safe_globals(_numpy_safe_globals()):
-                obj = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as e:
-        text = str(e)
-        found = re.findall(r"Unsupported global: GLOBAL ([\w.]+)", text)
-        if found:
-            raise CheckpointError(
-                f"{p}: holds Python objects that are not plain data ({', '.join(sorted(set(found)))}); "
-                "rtmo never unpickles code from a checkpoint. Re-save just its tensors: "
-                "torch.save({'state_dict': ckpt['state_dict']}, 'clean.pth') in an environment you trust."
-            ) from None
-        msg = text.strip().splitlines()[0] if text.strip() else type(e).__name__
-        raise CheckpointError(f"{p}: corrupt or truncated checkpoint ({msg})") from None
+    obj = load_checkpoint(p)
     if not isinstance(obj, dict):
         raise CheckpointError(f"{p}: expected a dict, found {type(obj).__name__}")
     meta = obj.get("meta", {}) if isinstance(obj.get("meta", {}), dict) else {}
