@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -43,22 +44,36 @@ def to_bgr_uint8(img: np.ndarray, name: str = "image") -> np.ndarray:
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
-    """Decode an image file to BGR uint8 (8-bit or 16-bit, gray, colour or with alpha)."""
+    """Decode an image file to BGR uint8, upright (see `decode_image`)."""
     p = Path(path)
     if not p.exists():
         raise ImageError(f"{p}: no such file")
     if p.is_dir():
         raise ImageError(f"{p}: is a directory, not an image")
-    data = np.fromfile(str(p), dtype=np.uint8)  # fromfile + imdecode also handles non-ASCII paths
-    if data.size == 0:
-        raise ImageError(f"{p}: file is empty")
-    if _is_truncated(data):
-        # OpenCV decodes a cut-off JPEG/PNG into a half-grey picture with only a warning on stderr.
-        raise ImageError(f"{p}: truncated image file (the end-of-image marker is missing)")
-    img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    try:
+        data = np.fromfile(str(p), dtype=np.uint8)  # fromfile + imdecode also handles non-ASCII paths
+    except OSError as e:
+        raise ImageError(f"{p}: cannot be read ({e.strerror or e})") from None
+    return decode_image(data, str(p))
+
+
+def decode_image(data: bytes | np.ndarray, name: str = "image") -> np.ndarray:
+    """Decode encoded image bytes (JPEG, PNG, WebP, BMP, TIFF, ...) to BGR uint8.
+
+    Decoded exactly as mmpose's `LoadImage` does (OpenCV `IMREAD_COLOR`): the EXIF orientation of a phone
+    photo is applied, grey becomes BGR, alpha is dropped, 16-bit is scaled to 8-bit. Data after the end of
+    the image (the video a "motion photo" appends to its JPEG) is ignored; a file cut short is refused,
+    where OpenCV would return a half-grey picture with only a warning on stderr.
+    """
+    buf = np.frombuffer(data, dtype=np.uint8) if isinstance(data, (bytes, bytearray, memoryview)) else data
+    if buf.size == 0:
+        raise ImageError(f"{name}: file is empty")
+    if _complete(buf.tobytes()) is False:
+        raise ImageError(f"{name}: truncated image file (the data ends before the end-of-image marker)")
+    img = cv2.imdecode(buf, cv2.IMREAD_COLOR)
     if img is None:
-        raise ImageError(f"{p}: not a readable image (corrupt, truncated or unsupported format)")
-    return to_bgr_uint8(img, str(p))
+        raise ImageError(f"{name}: not a readable image (corrupt, truncated or unsupported format)")
+    return to_bgr_uint8(img, name)
 
 
 def load_image(image: Any) -> tuple[np.ndarray, str | None]:
@@ -68,16 +83,70 @@ def load_image(image: Any) -> tuple[np.ndarray, str | None]:
     if isinstance(image, np.ndarray):
         return to_bgr_uint8(image), None
     if hasattr(image, "convert") and hasattr(image, "size"):  # PIL.Image without importing PIL
+        image = _upright_pil(image)
         rgb = np.asarray(image.convert("RGB"))
         return np.ascontiguousarray(rgb[:, :, ::-1]), getattr(image, "filename", None) or None
     raise ImageError(f"unsupported image type {type(image).__name__}; "
                      "pass a file path, a BGR numpy array or a PIL image")
 
 
-def _is_truncated(data: np.ndarray) -> bool:
-    head = data[:8].tobytes()
-    if head.startswith(b"\xff\xd8"):  # JPEG: must end with EOI (possibly followed by padding)
-        return b"\xff\xd9" not in data[-4096:].tobytes()
-    if head.startswith(b"\x89PNG"):
-        return b"IEND" not in data[-64:].tobytes()
+def _upright_pil(image: Any) -> Any:
+    """A PIL image as a file path would decode it: PIL keeps the EXIF orientation as a tag, OpenCV applies
+    it. `exif_transpose` removes the tag when it applies it, so an image already made upright stays so."""
+    try:
+        orientation = image.getexif().get(0x0112, 1)
+    except Exception:  # no EXIF support for this image type
+        return image
+    if orientation in (None, 1):
+        return image
+    from PIL import ImageOps  # PIL is there: the image is one
+
+    return ImageOps.exif_transpose(image)
+
+
+# Inside a JPEG's entropy-coded data 0xFF is always followed by 0x00 (stuffing) or a restart marker, so
+# the first other 0xFF xx after a start-of-scan is the next real marker.
+_JPEG_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
+
+
+def _complete(b: bytes) -> bool | None:
+    """Whether a JPEG or PNG holds its end-of-image marker; None for other formats or an unparsable
+    structure (the decoder judges those)."""
+    if b.startswith(b"\xff\xd8"):
+        return _jpeg_complete(b)
+    if b.startswith(b"\x89PNG\r\n\x1a\n"):
+        return _png_complete(b)
+    return None
+
+
+def _jpeg_complete(b: bytes) -> bool | None:
+    i, n = 2, len(b)
+    while i + 1 < n:
+        if b[i] != 0xFF:
+            return None  # not where a marker should be: leave it to the decoder
+        marker = b[i + 1]
+        if marker == 0xD9:  # end of image
+            return True
+        if marker == 0xFF or marker == 0x01 or 0xD0 <= marker <= 0xD7:  # fill byte / markers without length
+            i += 1 if marker == 0xFF else 2
+            continue
+        if i + 4 > n:
+            return False
+        i += 2 + int.from_bytes(b[i + 2:i + 4], "big")  # segments (APPn with EXIF thumbnails too) skipped
+        if marker == 0xDA:  # start of scan: entropy-coded data up to the next marker
+            m = _JPEG_MARKER.search(b, i)
+            if m is None:
+                return False
+            i = m.start()
+    return False
+
+
+def _png_complete(b: bytes) -> bool:
+    i, n = 8, len(b)
+    while i + 8 <= n:
+        length = int.from_bytes(b[i:i + 4], "big")
+        kind = b[i + 4:i + 8]
+        i += 12 + length  # length, type, data, CRC
+        if kind == b"IEND":
+            return i <= n
     return False
