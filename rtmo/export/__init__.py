@@ -1,55 +1,124 @@
-"""Deployment: ONNX export (NMS + DCC in the graph) and runtimes (ONNX Runtime, OpenVINO, TensorRT)."""
+"""Deployment: ONNX export (NMS + DCC in the graph), OpenVINO IR, TensorRT engines, and their runtimes."""
 
 from __future__ import annotations
 
+import os
+import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
-from .onnx import export_onnx, read_metadata
+from .onnx import check_export_options, export_onnx, read_metadata
 from .runtime import OnnxRuntimeModel, OpenVINOModel, TensorRTModel, build_engine, load_exported
 
 FORMATS = ("onnx", "openvino", "tensorrt")
+SUFFIX = {"onnx": ".onnx", "openvino": ".xml", "tensorrt": ".engine"}
 
 
-def export(model: Any, path: str | Path | None = None, format: str = "onnx", **kwargs: Any) -> Path:
-    """`RTMO.export`: write a deployable file and return its path.
-
-    format 'onnx' -> `<path>.onnx` (see `export_onnx` for kwargs); 'openvino' -> the same ONNX file (OpenVINO
-    reads it directly); 'tensorrt' -> ONNX then `<path>.engine` (needs tensorrt + CUDA; kwarg `half`).
-    """
+def output_path(output: str | Path | None, format: str, stem: str) -> Path:
+    """Where `format` is written: `output` itself when it names a file of the format's suffix, else a
+    file `<stem><suffix>` inside the folder `output` (the current folder when None)."""
     if format not in FORMATS:
-        raise ValueError(f"unknown export format {format!r}; choose from {FORMATS}")
-    if path is None:
-        variant = getattr(model.config, "variant", None) or "custom"
-        path = Path(f"rtmo-{variant}.onnx")
-    path = Path(path)
-    onnx_path = path if path.suffix == ".onnx" else path.with_suffix(".onnx")
-    half = kwargs.pop("half", True)
-    out = export_onnx(model, onnx_path, **kwargs)
-    if format == "tensorrt":
-        return build_engine(out, out.with_suffix(".engine"), half=half)
-    return out
+        raise ValueError(f"unknown export format {format!r}; choose from {', '.join(FORMATS)}")
+    suffix = SUFFIX[format]
+    if output is None:
+        return Path(stem + suffix)
+    out = Path(output)
+    if out.suffix.lower() == suffix:
+        if out.is_dir():
+            raise ValueError(f"output {out} is a folder; give a file name ending in {suffix} or a folder")
+        return out
+    if out.suffix and not out.is_dir():
+        raise ValueError(f"output {out}: the {format} format writes a {suffix} file; give a path ending in "
+                         f"{suffix} or a folder")
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"output {out} is a file, not a folder")
+    return out / (stem + suffix)
 
 
-__all__ = ["export", "export_onnx", "read_metadata", "OnnxRuntimeModel", "OpenVINOModel", "TensorRTModel",
-           "build_engine", "load_exported", "FORMATS"]
+def export(model: Any, path: str | Path | None = None, format: str = "onnx", threshold: float | None = None,
+           nms_threshold: float | None = None, opset: int = 17, dynamic_batch: bool = True,
+           simplify: bool = True, check: bool = True, check_images: list[Any] | None = None,
+           half: bool = True) -> Path:
+    """Write a deployable file of `model` and return its path (see `output_path` for `path`).
+
+    'onnx' -> `.onnx` (`export_onnx`); 'openvino' -> OpenVINO IR `.xml` + `.bin`, converted from the
+    checked ONNX graph with the rtmo metadata in its rt_info; 'tensorrt' -> `.engine` (needs tensorrt +
+    CUDA; `half` for FP16). Every file is written under a temporary name and renamed when complete and
+    verified, so a failure or a kill never leaves a torn file under the final name.
+    """
+    check_export_options(threshold, nms_threshold, opset)
+    variant = getattr(model.config, "variant", None) or "custom"
+    stem = Path(getattr(model, "checkpoint_info", {}).get("name") or f"rtmo-{variant}").stem
+    target = output_path(path, format, stem)
+    if format == "onnx":
+        return export_onnx(model, target, dynamic_batch=dynamic_batch, opset=opset, simplify=simplify,
+                           threshold=threshold, nms_threshold=nms_threshold, check=check,
+                           check_images=check_images)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # The intermediate ONNX file lives in a temporary folder beside the target and always goes away.
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{target.name}.") as tmp:
+        onnx_file = export_onnx(model, Path(tmp) / "model.onnx", dynamic_batch=dynamic_batch, opset=opset,
+                                simplify=simplify, threshold=threshold, nms_threshold=nms_threshold,
+                                check=check, check_images=check_images)
+        if format == "openvino":
+            written = _write_openvino_ir(onnx_file, Path(tmp) / "model.xml")
+            pair = [(written.with_suffix(".bin"), target.with_suffix(".bin")), (written, target)]
+        else:
+            written = build_engine(onnx_file, Path(tmp) / "model.engine", half=half)
+            pair = [(written.with_suffix(".json"), target.with_suffix(".json")), (written, target)]
+        # The main file goes first and comes back last: a kill in between leaves no main file (never
+        # an old one beside new weights or metadata).
+        target.unlink(missing_ok=True)
+        for src, dst in pair:
+            if src.exists():
+                os.replace(src, dst)
+    return target
+
+
+def _write_openvino_ir(onnx_path: Path, xml: Path) -> Path:
+    """OpenVINO IR (`.xml` + `.bin` beside it) of an exported ONNX file, the rtmo metadata in rt_info."""
+    try:
+        import openvino as ov
+    except ImportError:
+        raise ImportError('the openvino format needs OpenVINO: pip install "rtmo[openvino]"') from None
+    import onnx
+
+    meta = {p.key: p.value for p in onnx.load(str(onnx_path), load_external_data=False).metadata_props}
+    ov_model = ov.convert_model(str(onnx_path))
+    for key, value in meta.items():
+        ov_model.set_rt_info(value, [key])
+    ov.save_model(ov_model, str(xml), compress_to_fp16=False)
+    return xml
 
 
 def add_export_parser(subparsers: Any) -> Any:
-    """`rtmo export MODEL [-o out.onnx] [--format onnx|openvino|tensorrt]`; sets `func`."""
-    p = subparsers.add_parser("export", help="export a model to ONNX (NMS and DCC inside the graph)")
-    p.add_argument("model", help="checkpoint path or official model name")
-    p.add_argument("-o", "--output", default=None, help="output file (default rtmo-<variant>.onnx)")
-    p.add_argument("--format", default="onnx", choices=FORMATS)
-    p.add_argument("--opset", type=int, default=17)
+    """`rtmo export -m MODEL [-o OUT] [--format onnx|openvino|tensorrt]`; sets `func`."""
+    p = subparsers.add_parser(
+        "export", help="export a model to ONNX / OpenVINO / TensorRT (NMS and DCC inside the graph)",
+        description="Export MODEL with selection (threshold, NMS) and the DCC inside the graph. The file is "
+                    "verified (ONNX Runtime against PyTorch on a test image) before it gets its name.")
+    p.add_argument("-m", "--model", default="rtmo-s-coco",
+                   help="registry name or checkpoint path (default: %(default)s)")
+    p.add_argument("-o", "--output", default=None,
+                   help="output file (.onnx / .xml / .engine for the format) or a folder, where "
+                        "<model name>.<ext> is written (default: the current folder)")
+    p.add_argument("--format", default="onnx", choices=FORMATS,
+                   help="onnx (ONNX Runtime, OpenVINO, TensorRT read it), openvino (IR .xml + .bin), "
+                        "tensorrt (.engine, needs a GPU)")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="person score threshold baked into the graph (default: the model's, 0.1)")
+    p.add_argument("--nms-threshold", type=float, default=None,
+                   help="NMS IoU threshold baked into the graph (default: the model's, 0.65)")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset (default: %(default)s)")
     p.add_argument("--static-batch", action="store_true", help="fixed batch 1 instead of a dynamic batch")
-    p.add_argument("--dynamic-hw", action="store_true", help="dynamic input height and width")
-    p.add_argument("--score-thr", type=float, default=None, help="baked-in score threshold (default: config)")
-    p.add_argument("--nms-thr", type=float, default=None, help="baked-in NMS IoU threshold (default: config)")
-    p.add_argument("--no-simplify", action="store_true")
+    p.add_argument("--no-simplify", action="store_true", help="skip onnxslim even when installed")
     p.add_argument("--no-check", action="store_true", help="skip the ONNX Runtime vs PyTorch check")
     p.add_argument("--check-images", nargs="*", default=None, help="images for the check")
-    p.add_argument("--fp32", action="store_true", help="TensorRT: no fp16")
+    p.add_argument("--fp32", action="store_true", help="TensorRT: no FP16")
+    p.add_argument("--device", default="cpu", help="device the PyTorch model runs on for the check "
+                   "(default: %(default)s)")
+    p.add_argument("--quiet", "-q", action="store_true", help="print nothing but the written path")
     p.set_defaults(func=run_export_cli)
     return p
 
@@ -57,13 +126,20 @@ def add_export_parser(subparsers: Any) -> Any:
 def run_export_cli(args: Any) -> int:
     from ..zoo import ModelManager
 
-    model = ModelManager.get(args.model, device="cpu")
-    kwargs: dict[str, Any] = dict(
-        dynamic_batch=not args.static_batch, dynamic_hw=args.dynamic_hw, opset=args.opset,
-        simplify=not args.no_simplify, score_thr=args.score_thr, nms_thr=args.nms_thr,
-        check=not args.no_check, check_images=args.check_images)
-    if args.format == "tensorrt":
-        kwargs["half"] = not args.fp32
-    out = export(model, args.output, args.format, **kwargs)
-    print(f"wrote {out}")
+    # Every option is checked before the model is loaded or anything is written.
+    check_export_options(args.threshold, args.nms_threshold, args.opset)
+    if args.output is not None:
+        output_path(args.output, args.format, "model")
+    model = ModelManager.get(args.model, device=args.device, progress=not args.quiet)
+    if not args.quiet:
+        print(f"exporting {args.model} to {args.format}" + ("" if args.no_check else " (then verifying)"),
+              file=sys.stderr)
+    out = export(model, args.output, args.format, threshold=args.threshold, nms_threshold=args.nms_threshold,
+                 opset=args.opset, dynamic_batch=not args.static_batch, simplify=not args.no_simplify,
+                 check=not args.no_check, check_images=args.check_images, half=not args.fp32)
+    print(out)
     return 0
+
+
+__all__ = ["export", "export_onnx", "output_path", "read_metadata", "OnnxRuntimeModel", "OpenVINOModel",
+           "TensorRTModel", "build_engine", "load_exported", "FORMATS"]

@@ -21,7 +21,6 @@ Thresholds are baked in and recorded in the metadata (`score_thr`, `nms_thr`).
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import warnings
 from pathlib import Path
@@ -31,6 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..fileio import atomic_path
 from ..nn.head import flatten_maps
 from ..ops.boxes import decode_boxes, grid_priors, nms, xyxy_to_cs
 from ..ops.letterbox import PAD_VALUE
@@ -163,58 +163,71 @@ def read_metadata(onnx_model: Any) -> dict[str, Any]:
     return {k[n:]: json.loads(v) for k, v in props.items() if k.startswith(METADATA_PREFIX)}
 
 
-def export_onnx(model: nn.Module, path: str | Path, dynamic_batch: bool = True, dynamic_hw: bool = False,
-                opset: int = 17, simplify: bool = True, score_thr: float | None = None,
-                nms_thr: float | None = None, check: bool = True, check_images: list[Any] | None = None
-                ) -> Path:
+MIN_OPSET = 11  # NonMaxSuppression with a score threshold
+
+
+def max_opset() -> int:
+    """The newest opset the TorchScript exporter can write."""
+    from torch.onnx import _constants
+
+    return int(getattr(_constants, "ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET", _constants.ONNX_MAX_OPSET))
+
+
+def check_export_options(threshold: float | None, nms_threshold: float | None, opset: int) -> None:
+    """Refuse bad options before any work is done; ValueError names the option and the allowed range."""
+    if threshold is not None and not (isinstance(threshold, (int, float)) and 0 <= threshold < 1):
+        raise ValueError(f"threshold must be a number in [0, 1), got {threshold!r}")
+    if nms_threshold is not None and not (isinstance(nms_threshold, (int, float)) and 0 < nms_threshold <= 1):
+        raise ValueError(f"nms_threshold must be a number in (0, 1], got {nms_threshold!r}")
+    if not isinstance(opset, int) or not MIN_OPSET <= opset <= max_opset():
+        raise ValueError(f"opset must be between {MIN_OPSET} (NonMaxSuppression with a score threshold) and "
+                         f"{max_opset()} (the newest this torch exports), got {opset!r}")
+
+
+def export_onnx(model: nn.Module, path: str | Path, dynamic_batch: bool = True, opset: int = 17,
+                simplify: bool = True, threshold: float | None = None, nms_threshold: float | None = None,
+                check: bool = True, check_images: list[Any] | None = None) -> Path:
     """Export `model` (left untouched: a copy is exported) to one self-contained ONNX file at `path`.
 
-    `check` runs ONNX Runtime on the file against PyTorch on `check_images` (paths / BGR arrays; a
-    seeded synthetic image when None) and raises if detections or keypoints (> 1e-3 px) differ.
-    `simplify` uses onnxslim when installed and keeps its result only if it gives identical outputs.
+    The file is written beside `path` under a temporary name and renamed only after `onnx.checker` and the
+    self-check passed, so `path` never holds a torn or unverified file: on any failure it keeps what it
+    held before. `check` runs ONNX Runtime on the file against PyTorch on `check_images` (paths / BGR
+    arrays; a seeded synthetic image when None) and raises if detections or keypoints differ
+    (`compare_outputs`). `simplify` uses onnxslim when installed and keeps its result only if it gives
+    identical outputs. The input size is the model's (`model.config.input_size`); traced at one size the
+    graph keeps size-dependent constants, so there is no dynamic height/width.
     """
     import onnx
 
-    if dynamic_hw:
-        # Traced at one size, the graph silently keeps size-dependent constants (priors / neck position
-        # encoding gave wrong boxes at 320x512 in a trial): refuse rather than export a wrong file.
-        raise NotImplementedError("dynamic_hw export is not supported yet; export one file per input size "
-                                  "(set model.config.input_size before exporting)")
-    if opset < 11:
-        raise ValueError(f"opset {opset} is too old: NonMaxSuppression with score threshold needs >= 11")
+    check_export_options(threshold, nms_threshold, opset)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    score_thr = float(model.config.score_thr if score_thr is None else score_thr)
-    nms_thr = float(model.config.nms_thr if nms_thr is None else nms_thr)
+    score_thr = float(model.config.score_thr if threshold is None else threshold)
+    nms_thr = float(model.config.nms_thr if nms_threshold is None else nms_threshold)
     net = copy.deepcopy(model).cpu().float().eval()
     net._priors_cache = {}
     wrapper = End2End(net, score_thr, nms_thr).eval()
     w, h = net.config.input_size
     example = _example_batch((w, h), 2 if dynamic_batch else 1)
-    dynamic_axes: dict[str, dict[int, str]] = {}
-    if dynamic_batch or dynamic_hw:
-        dynamic_axes[INPUT_NAME] = {0: "batch"} if dynamic_batch else {}
-        if dynamic_hw:
-            dynamic_axes[INPUT_NAME].update({2: "height", 3: "width"})
-        dynamic_axes["dets"] = {0: "batch", 1: "num_dets"} if dynamic_batch else {1: "num_dets"}
-        dynamic_axes["keypoints"] = dict(dynamic_axes["dets"])
-    else:
-        dynamic_axes = {"dets": {1: "num_dets"}, "keypoints": {1: "num_dets"}}
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")  # tracer / deprecation chatter; the parity check below is the judge
-        torch.onnx.export(wrapper, (example,), str(path), input_names=[INPUT_NAME],
-                          output_names=list(OUTPUT_NAMES), dynamic_axes=dynamic_axes, opset_version=opset,
-                          do_constant_folding=True, dynamo=False)
-    proto = onnx.load(str(path))
-    if simplify:
-        proto = _simplify(proto, wrapper, example)
-    for k, v in metadata_for(net, score_thr, nms_thr).items():
-        proto.metadata_props.add(key=k, value=v)
-    proto.doc_string = "RTMO end2end: input (B,3,H,W) BGR 0..255 letterboxed; outputs dets, keypoints"
-    onnx.checker.check_model(proto)
-    onnx.save(proto, str(path))
-    if check:
-        check_onnx(model, path, check_images)
+    dets_axes = {0: "batch", 1: "num_dets"} if dynamic_batch else {1: "num_dets"}
+    dynamic_axes = {"dets": dets_axes, "keypoints": dict(dets_axes)}
+    if dynamic_batch:
+        dynamic_axes[INPUT_NAME] = {0: "batch"}
+    with atomic_path(path, suffix=".tmp.onnx") as tmp:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")  # tracer / deprecation chatter; the parity check is the judge
+            torch.onnx.export(wrapper, (example,), str(tmp), input_names=[INPUT_NAME],
+                              output_names=list(OUTPUT_NAMES), dynamic_axes=dynamic_axes, opset_version=opset,
+                              do_constant_folding=True, dynamo=False)
+        proto = onnx.load(str(tmp))
+        if simplify:
+            proto = _simplify(proto, wrapper, example)
+        for k, v in metadata_for(net, score_thr, nms_thr).items():
+            proto.metadata_props.add(key=k, value=v)
+        proto.doc_string = "RTMO end2end: input (B,3,H,W) BGR 0..255 letterboxed; outputs dets, keypoints"
+        onnx.checker.check_model(proto)
+        onnx.save(proto, str(tmp))
+        if check:
+            check_onnx(model, tmp, check_images)
     return path
 
 
@@ -249,17 +262,35 @@ def _run_proto(proto: Any, batch: torch.Tensor) -> list[np.ndarray]:
     return sess.run(None, {INPUT_NAME: batch.numpy()})
 
 
+def match_detections(ref_boxes: torch.Tensor, got_boxes: torch.Tensor) -> torch.Tensor:
+    """For each reference box, the index of the backend's box nearest to it (largest coordinate gap, greedy
+    from the closest pair). Two people with near-equal scores may come out in either order from two
+    backends, so detections are paired by where they are, not by their rank."""
+    n = len(ref_boxes)
+    cost = (ref_boxes[:, None, :].double() - got_boxes[None, :, :].double()).abs().amax(-1)
+    order = torch.argsort(cost.flatten())
+    pair = torch.full((n,), -1, dtype=torch.long)
+    used = torch.zeros(len(got_boxes), dtype=torch.bool)
+    for flat in order.tolist():
+        i, j = divmod(flat, len(got_boxes))
+        if pair[i] < 0 and not used[j]:
+            pair[i], used[j] = j, True
+            if bool((pair >= 0).all()):
+                break
+    return pair
+
+
 def compare_outputs(ref: dict[str, list[torch.Tensor]], got: dict[str, list[torch.Tensor]]
                     ) -> dict[str, float]:
     """Deviation of one backend's `predict_tensor` output from PyTorch's; raises if detections differ.
 
-    Why these bounds: a backend's convolutions round differently from PyTorch's (~1e-5 relative, measured
-    3e-3 px on boxes and 6e-5 on scores for the random-weight fixtures), so boxes get 1e-2 px and scores
-    2e-4. The DCC turns such noise into keypoint jumps (its 1-D heatmaps are near one-hot with random
-    weights: PyTorch with 1 vs 2 threads already moves keypoints by 0.45 px), so keypoints are judged by
-    the median (<= 5e-3 px) and 90th percentile (<= 0.1 px) of their deviation: a wrong prior, box or
-    gather shifts every keypoint by pixels. The selection + DCC graph alone is checked to 1e-6 px in
-    float64 by the tests.
+    Detections are paired by position first (`match_detections`). Why these bounds: a backend's
+    convolutions round differently from PyTorch's (~1e-5 relative, measured 3e-3 px on boxes and 6e-5 on
+    scores for the random-weight fixtures), so boxes get 1e-2 px and scores 2e-4. The DCC turns such noise
+    into keypoint jumps (its 1-D heatmaps are near one-hot with random weights: PyTorch with 1 vs 2 threads
+    already moves keypoints by 0.45 px), so keypoints are judged by the median (<= 5e-3 px) and 90th
+    percentile (<= 0.1 px) of their deviation: a wrong prior, box or gather shifts every keypoint by
+    pixels. The selection + DCC graph alone is checked to 1e-6 px in float64 by the tests.
     """
     stats = {"box_px": 0.0, "score": 0.0, "kpt_px_median": 0.0, "kpt_px_p90": 0.0, "kpt_px_max": 0.0}
     for b in range(len(ref["scores"])):
@@ -268,9 +299,11 @@ def compare_outputs(ref: dict[str, list[torch.Tensor]], got: dict[str, list[torc
             raise RuntimeError(f"image {b}: {n_got} detections, PyTorch has {n_ref}")
         if not n_ref:
             continue
-        box = float((ref["pred_bboxes"][b].cpu() - got["pred_bboxes"][b]).abs().max())
-        score = max(float((ref[k][b].cpu() - got[k][b]).abs().max()) for k in ("scores", "keypoint_scores"))
-        kpt = (ref["pred_keypoints"][b].cpu() - got["pred_keypoints"][b]).abs().amax(-1).flatten()
+        pair = match_detections(ref["pred_bboxes"][b].cpu(), got["pred_bboxes"][b])
+        g = {k: got[k][b][pair] for k in ("pred_bboxes", "scores", "keypoint_scores", "pred_keypoints")}
+        box = float((ref["pred_bboxes"][b].cpu() - g["pred_bboxes"]).abs().max())
+        score = max(float((ref[k][b].cpu() - g[k]).abs().max()) for k in ("scores", "keypoint_scores"))
+        kpt = (ref["pred_keypoints"][b].cpu() - g["pred_keypoints"]).abs().amax(-1).flatten()
         q50, q90 = torch.quantile(kpt.double(), torch.tensor([0.5, 0.9], dtype=torch.float64)).tolist()
         for key, val in (("box_px", box), ("score", score), ("kpt_px_median", q50), ("kpt_px_p90", q90),
                          ("kpt_px_max", float(kpt.max()))):
@@ -307,11 +340,3 @@ def check_onnx(model: nn.Module, path: str | Path, images: list[Any] | None = No
             raise RuntimeError(f"ONNX check of {path} failed on check image {i}: {e}") from None
         worst = {k: max(worst.get(k, 0.0), v) for k, v in stats.items()}
     return worst
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
