@@ -111,15 +111,27 @@ _CSP_SIZES = {  # size -> (deepen_factor, widen_factor)
 }
 
 
+# The YOLOX detector whose backbone the official RTMO configs start from, per CSPDarknet size.
+CSP_PRETRAINED = {"tiny": "yolox-tiny", "small": "yolox-s", "medium": "yolox-m", "large": "yolox-l"}
+
+
 @dataclass
 class CSPConfig:
-    """CSPDarknet (YOLOX, arch P5) backbone. `size` picks deepen/widen factors unless given."""
+    """CSPDarknet (YOLOX, arch P5) backbone. `size` picks deepen/widen factors unless given.
+
+    `use_pretrained=True` initialises it from the YOLOX detector the official configs name for its size
+    (`CSP_PRETRAINED`, see `rtmo.downloads.BACKBONES`; downloaded once into the cache, checksum-verified;
+    offline, an error names the file and where to put it), or from `pretrained` (a file, a registry name
+    or a URL) when given. False: random initialisation.
+    """
 
     size: str = "small"
     deepen_factor: float | None = None
     widen_factor: float | None = None
     out_indices: tuple[int, ...] = (2, 3, 4)
     spp_kernel_sizes: tuple[int, ...] = (5, 9, 13)
+    use_pretrained: bool = False
+    pretrained: str | None = None
 
     def __post_init__(self) -> None:
         if self.size not in _CSP_SIZES:
@@ -142,7 +154,9 @@ class ResNetConfig:
     """ResNet-18/34/50 backbone with torchvision parameter names (ImageNet weights load from a local file).
 
     The neck and head have no backbone of their own to take widths from, so `widen_factor` and
-    `deepen_factor` size them (defaults: those of RTMO-s).
+    `deepen_factor` size them (defaults: those of RTMO-s). `pretrained`: a torchvision state dict file
+    loaded at construction; `use_pretrained=True` without it takes torchvision's ImageNet weights for the
+    depth from the registry (`resnet18`/`resnet34`/`resnet50`, cached and checksum-verified).
     """
 
     depth: int = 18
@@ -150,6 +164,7 @@ class ResNetConfig:
     widen_factor: float = 0.5
     deepen_factor: float = 0.33
     pretrained: str | None = None  # path to a torchvision state dict (e.g. resnet18-f37072fd.pth)
+    use_pretrained: bool = False
 
     def __post_init__(self) -> None:
         if self.depth not in (18, 34, 50):
@@ -188,6 +203,11 @@ class RTMOConfig:
     stacked_convs: int = 2
     featmap_strides: tuple[int, ...] = (16, 32)
     bbox_padding: float = 1.25
+    # grid-prior generator (mmpose's MlvlPointGenerator): one stride per head level, and whether points
+    # sit at cell centres (x = col * stride + (stride - 1) / 2, what the official checkpoints need) or at
+    # cell corners (x = col * stride)
+    featmap_strides_pointgenerator: tuple[int, ...] = (16, 32)
+    centralize_points_pointgenerator: bool = True
     # DCC
     feat_channels_dcc: int = 128
     num_bins: tuple[int, int] = (192, 256)
@@ -199,6 +219,14 @@ class RTMOConfig:
     # test settings
     score_thr: float = 0.1
     nms_thr: float = 0.65
+
+    def __post_init__(self) -> None:
+        strides = tuple(self.featmap_strides_pointgenerator)
+        if len(strides) != len(self.featmap_strides) or not all(isinstance(s, int) and s > 0
+                                                                for s in strides):
+            raise ValueError(f"featmap_strides_pointgenerator must give one positive integer stride per head "
+                             f"level ({len(self.featmap_strides)}), got {strides!r}")
+        self.featmap_strides_pointgenerator = strides
 
     @property
     def widen_factor(self) -> float:
@@ -232,6 +260,9 @@ class RTMOConfig:
             p = RTMOConfig.preset(v, self.num_keypoints)
             p.input_size = self.input_size
             p.score_thr, p.nms_thr = self.score_thr, self.nms_thr
+            if isinstance(self.backbone_config, CSPConfig):  # how it was initialised is not architecture
+                p.backbone_config.use_pretrained = self.backbone_config.use_pretrained
+                p.backbone_config.pretrained = self.backbone_config.pretrained
             if p == self:
                 return v
         return None

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .config import KeypointInfo, ResNetConfig, RTMOConfig, keypoint_info_for
+from .config import CSP_PRETRAINED, CSPConfig, KeypointInfo, ResNetConfig, RTMOConfig, keypoint_info_for
 from .nn.backbone import CSPDarknet
 from .nn.head import HeadMaps, RTMOHead, flatten_maps
 from .nn.neck import HybridEncoder
@@ -36,6 +36,8 @@ class RTMO(nn.Module):
             self.backbone: nn.Module = ResNet(config.backbone_config)
         else:
             self.backbone = CSPDarknet(config.backbone_config)
+        if config.backbone_config.use_pretrained:
+            load_pretrained_backbone(self.backbone, config.backbone_config)
         self.neck = HybridEncoder(self.backbone.out_channels, config)
         self.head = RTMOHead(config, self.keypoint_info.sigmas)
         self.class_names: tuple[str, ...] = ("person",)
@@ -58,7 +60,9 @@ class RTMO(nn.Module):
         sizes = [tuple(m.shape[2:]) for m in maps.cls]
         key = (tuple(sizes), maps.cls[0].device)
         if key not in self._priors_cache:
-            self._priors_cache[key] = grid_priors(sizes, self.config.featmap_strides, maps.cls[0].device)
+            self._priors_cache[key] = grid_priors(sizes, self.config.featmap_strides_pointgenerator,
+                                                  maps.cls[0].device,
+                                                  self.config.centralize_points_pointgenerator)
         return self._priors_cache[key]
 
     def forward(self, images: torch.Tensor, targets: Any = None, score_thr: float | None = None,
@@ -154,6 +158,33 @@ class RTMO(nn.Module):
         from .zoo import load_state_dict_checked
 
         load_state_dict_checked(self, state_dict)
+
+
+def load_pretrained_backbone(backbone: nn.Module, cfg: CSPConfig | ResNetConfig,
+                             source: str | None = None) -> None:
+    """Initialise `backbone` from pretrained weights: `source` or `cfg.pretrained` (a file, a registry name
+    of `rtmo.downloads.BACKBONES` or a URL), by default the registry entry for the backbone
+    (`CSP_PRETRAINED[size]`, a YOLOX detector whose `backbone.*` weights are copied, as the official
+    configs' `init_cfg` does; or torchvision's ImageNet ResNet of that depth). Downloads are verified;
+    offline, `DownloadError` names the file and where to put it."""
+    from .checkpoint import CheckpointError, load_checkpoint
+    from .downloads import backbone_checkpoint
+
+    if isinstance(cfg, ResNetConfig):
+        if source is None and cfg.pretrained:
+            return  # the ResNet loaded its file when it was built
+        backbone.load_torchvision(str(backbone_checkpoint(source or f"resnet{cfg.depth}")))
+        return
+    source = source or cfg.pretrained or CSP_PRETRAINED[cfg.size]
+    obj = load_checkpoint(backbone_checkpoint(source))
+    state = obj.get("state_dict", obj) if isinstance(obj, dict) else {}
+    sub = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
+    if not sub:
+        raise CheckpointError(f"{source}: no 'backbone.*' weights (expected a YOLOX detector checkpoint)")
+    missing, unexpected = backbone.load_state_dict(sub, strict=False)
+    if missing or unexpected:
+        raise CheckpointError(f"{source} does not fit this CSPDarknet-{cfg.size}: missing {missing[:5]}, "
+                              f"unexpected {unexpected[:5]}")
 
 
 def _fold_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:

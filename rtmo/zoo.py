@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import re
-import tempfile
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,16 +13,21 @@ import torch
 
 from .checkpoint import CheckpointError, load_checkpoint
 from .config import KeypointInfo, ResNetConfig, RTMOConfig, keypoint_info_for
+from .downloads import (  # noqa: F401 - re-exported: rtmo.zoo is where users look for them
+    BACKBONES,
+    CACHE_ENV,
+    BackboneEntry,
+    DownloadError,
+    backbone_checkpoint,
+    cache_dir,
+    cached_or_download,
+    sha256_of,
+)
 from .model import RTMO
 
 log = logging.getLogger(__name__)
 
 BASE_URL = "https://download.openmmlab.com/mmpose/v1/projects/rtmo/"
-CACHE_ENV = "RTMO_CACHE_DIR"
-
-
-class DownloadError(RuntimeError):
-    """A checkpoint that could not be fetched; the message says what to download and where to put it."""
 
 
 @dataclass(frozen=True)
@@ -93,65 +94,7 @@ REGISTRY: dict[str, ZooEntry] = {e.name: e for e in (
 )}
 
 
-@dataclass(frozen=True)
-class BackboneEntry:
-    """A YOLOX detector checkpoint whose `backbone.*` weights initialise RTMO training (§10.12)."""
-
-    name: str
-    url: str
-    sha256_prefix: str  # from the published file name; "" where the publisher gives none
-
-    @property
-    def filename(self) -> str:
-        return self.url.rsplit("/", 1)[-1]
-
-    @property
-    def urls(self) -> tuple[str, ...]:
-        return (self.url,)
-
-
-_MMDET_YOLOX = "https://download.openmmlab.com/mmdetection/v2.0/yolox/"
-# The addresses the official RTMO configs name in `backbone.init_cfg`. mmdet's files carry the first 8 hex
-# digits of their sha256; mmpose's yolox_m copy does not, so that one cannot be verified.
-BACKBONES: dict[str, BackboneEntry] = {e.name: e for e in (
-    BackboneEntry("yolox-tiny", _MMDET_YOLOX + "yolox_tiny_8x8_300e_coco/"
-                  "yolox_tiny_8x8_300e_coco_20211124_171234-b4047906.pth", "b4047906"),
-    BackboneEntry("yolox-s", _MMDET_YOLOX + "yolox_s_8x8_300e_coco/"
-                  "yolox_s_8x8_300e_coco_20211121_095711-4592a793.pth", "4592a793"),
-    BackboneEntry("yolox-m", "https://download.openmmlab.com/mmpose/v1/pretrained_models/"
-                  "yolox_m_8x8_300e_coco_20230829.pth", ""),
-    BackboneEntry("yolox-l", _MMDET_YOLOX + "yolox_l_8x8_300e_coco/"
-                  "yolox_l_8x8_300e_coco_20211126_140236-d3bd2b23.pth", "d3bd2b23"),
-)}
-
-
-def backbone_checkpoint(source: str | os.PathLike, download_missing: bool = True,
-                        progress: bool = True) -> Path:
-    """Local path of a backbone checkpoint given as a file, a `BACKBONES` name or its URL: taken from the
-    cache when there (checksum verified), else downloaded with the same checks as model checkpoints."""
-    text = str(source)
-    entry = BACKBONES.get(text) or next((e for e in BACKBONES.values() if e.url == text), None)
-    if entry is None:
-        if text.startswith(("http://", "https://")):
-            m = re.search(r"-([0-9a-f]{8})\.pth$", text)
-            entry = BackboneEntry(text.rsplit("/", 1)[-1], text, m.group(1) if m else "")
-        else:
-            path = Path(text).expanduser()
-            if not path.is_file():
-                known = ", ".join(BACKBONES)
-                raise FileNotFoundError(f"backbone checkpoint not found: {path} (give a file, a URL or one "
-                                        f"of {known})")
-            return path
-    if not entry.sha256_prefix and download_missing and not (cache_dir() / entry.filename).is_file():
-        log.warning("%s has no published checksum: a download cannot be verified", entry.url)
-    return _cached_or_download(entry, download_missing, progress)
-
-
 # ------------------------------------------------------------------------------------------ cache
-
-def cache_dir() -> Path:
-    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "rtmo").expanduser()
-
 
 def cached_path(name: str) -> Path | None:
     """The cached file of a registry entry if it is there (not re-verified), else None."""
@@ -160,94 +103,9 @@ def cached_path(name: str) -> Path | None:
     return p if p.is_file() else None
 
 
-_SHA_CACHE: dict[tuple[str, int, int], str] = {}
-
-
-def sha256_of(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    st = os.stat(path)
-    key = (str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
-    if key in _SHA_CACHE:
-        return _SHA_CACHE[key]
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    _SHA_CACHE[key] = h.hexdigest()
-    return _SHA_CACHE[key]
-
-
-def _manual_hint(entry: ZooEntry | BackboneEntry, dest: Path) -> str:
-    return (f"Download it yourself from {entry.url}\n  and save it as {dest}\n"
-            f"  (or set {CACHE_ENV} to the folder that holds it, or pass the .pth path instead of the name).")
-
-
-def download(entry: ZooEntry | BackboneEntry, dest_dir: Path | None = None, progress: bool = True,
-             opener: Any = None) -> Path:
-    """Fetch a registry checkpoint into the cache, verify its sha256 prefix, publish it atomically.
-
-    A partial or corrupt download never appears under the final name: data goes to a temporary file in
-    the same folder, which is renamed only after the checksum matched.
-    """
-    dest_dir = Path(dest_dir or cache_dir())
-    dest = dest_dir / entry.filename
-    try:
-        dest_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise DownloadError(f"cannot create the cache folder {dest_dir}: {e}") from None
-    open_url = opener or urllib.request.urlopen
-    errors = []
-    for url in entry.urls:
-        fd, tmp = tempfile.mkstemp(prefix=f".{entry.filename}.", suffix=".part", dir=dest_dir)
-        try:
-            with os.fdopen(fd, "wb") as out:
-                with open_url(url, timeout=30) as resp:
-                    total = int(resp.headers.get("Content-Length") or 0) if hasattr(resp, "headers") else 0
-                    bar = None
-                    if progress:
-                        from tqdm import tqdm
-
-                        bar = tqdm(total=total or None, unit="B", unit_scale=True, desc=entry.filename)
-                    h = hashlib.sha256()
-                    while block := resp.read(1 << 20):
-                        out.write(block)
-                        h.update(block)
-                        if bar is not None:
-                            bar.update(len(block))
-                    if bar is not None:
-                        bar.close()
-            digest = h.hexdigest()
-            if not digest.startswith(entry.sha256_prefix):
-                errors.append(f"{url}: checksum mismatch (sha256 {digest[:8]}…, expected "
-                              f"{entry.sha256_prefix}…); the file was discarded")
-                continue
-            os.replace(tmp, dest)
-            return dest
-        except (urllib.error.URLError, OSError, ValueError) as e:
-            errors.append(f"{url}: {getattr(e, 'reason', None) or e}")
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-    raise DownloadError(f"could not download {entry.name}:\n  " + "\n  ".join(errors) + "\n  "
-                        + _manual_hint(entry, dest))
-
-
-def _cached_or_download(entry: ZooEntry | BackboneEntry, download_missing: bool, progress: bool) -> Path:
-    """The entry's file in the cache, verified against its sha256 prefix, or downloaded there."""
-    path = cache_dir() / entry.filename
-    if path.is_file():
-        digest = sha256_of(path)
-        if digest.startswith(entry.sha256_prefix):
-            return path
-        raise CheckpointError(f"{path} is corrupt: sha256 starts with {digest[:8]}, the published file's "
-                              f"with {entry.sha256_prefix}. Delete it and run again to re-download.")
-    if not download_missing:
-        raise DownloadError(f"{entry.name} is not in the cache.\n  " + _manual_hint(entry, path))
-    return download(entry, progress=progress)
-
-
 def fetch(name: str, download_missing: bool = True, progress: bool = True) -> Path:
     """Path of a registry checkpoint, downloading it if needed; verified against its sha256 prefix."""
-    return _cached_or_download(REGISTRY[name], download_missing, progress)
+    return cached_or_download(REGISTRY[name], download_missing, progress)
 
 
 # ------------------------------------------------------------------------------------------ loading

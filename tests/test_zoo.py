@@ -8,8 +8,9 @@ import io
 import pytest
 import torch
 
-from rtmo import ModelManager
-from rtmo.zoo import REGISTRY, CheckpointError, DownloadError, ZooEntry, download, fetch, read_checkpoint
+from rtmo import ModelManager, downloads
+from rtmo.downloads import download
+from rtmo.zoo import REGISTRY, CheckpointError, DownloadError, ZooEntry, fetch, read_checkpoint
 
 from .conftest import fixture_checkpoint
 
@@ -106,9 +107,8 @@ def test_cached_official_name_loads_without_network(tmp_path, monkeypatch):
     model = ModelManager.get(entry.name, download=False)
     assert model.input_size == (416, 416) and not model.training
     (tmp_path / entry.filename).write_bytes(data[:-10] + b"corruption")
-    from rtmo import zoo
 
-    zoo._SHA_CACHE.clear()
+    downloads._SHA_CACHE.clear()
     with pytest.raises(CheckpointError, match="corrupt"):
         fetch(entry.name)
 
@@ -150,7 +150,7 @@ def test_backbone_registry_covers_the_recipes():
 def test_yolox_backbone_init_from_cache_url_and_file(tmp_path, monkeypatch):
     """The recipe's YOLOX URL resolves to the verified cached file (offline); the backbone weights,
     BN statistics included, are copied; a corrupt cache file and a missing path get clear errors."""
-    from rtmo import RTMO, RTMOConfig, zoo
+    from rtmo import RTMO, RTMOConfig
     from rtmo.train.trainer import init_weights, load_backbone
     from rtmo.zoo import BACKBONES, BackboneEntry, backbone_checkpoint
 
@@ -174,7 +174,7 @@ def test_yolox_backbone_init_from_cache_url_and_file(tmp_path, monkeypatch):
     assert backbone_checkpoint("yolox-test") == tmp_path / entry.filename
 
     (tmp_path / entry.filename).write_bytes(data[:-5] + b"xxxxx")
-    zoo._SHA_CACHE.clear()
+    downloads._SHA_CACHE.clear()
     with pytest.raises(CheckpointError, match="corrupt"):
         load_backbone(model, "yolox-test")
     with pytest.raises(FileNotFoundError, match="yolox-s"):

@@ -128,7 +128,9 @@ class End2End(nn.Module):
         maps = self.model.forward_maps(images)
         # Priors from the map shapes (not the model's cache) so a dynamic-size graph computes them too.
         sizes = [tuple(x.shape[2:]) for x in maps.cls]
-        priors, strides = grid_priors(sizes, self.model.config.featmap_strides, images.device)
+        cfg = self.model.config
+        priors, strides = grid_priors(sizes, cfg.featmap_strides_pointgenerator, images.device,
+                                      cfg.centralize_points_pointgenerator)
         return self.decoder(flatten_maps(maps.cls), flatten_maps(maps.bbox), flatten_maps(maps.vis),
                             flatten_maps(maps.pose), priors.to(images.dtype), strides.to(images.dtype),
                             images.shape[2], images.shape[3])

@@ -57,12 +57,15 @@ def decode_boxes(raw: torch.Tensor, priors: torch.Tensor, strides: torch.Tensor)
 
 
 def grid_priors(featmap_sizes: list[tuple[int, int]], strides: tuple[int, ...],
-                device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
-    """Grid points `stride*j + (stride-1)/2`, level-major then row-major: (N,2) xy and (N,) strides."""
+                device: torch.device | str = "cpu", centralize: bool = True
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Grid points `stride*j + (stride-1)/2` (`centralize`, mmpose's MlvlPointGenerator with
+    centralize_points) or `stride*j`, level-major then row-major: (N,2) xy and (N,) strides."""
     points, point_strides = [], []
     for (h, w), s in zip(featmap_sizes, strides):
-        xs = torch.arange(w, dtype=torch.float32, device=device) * s + (s - 1) / 2
-        ys = torch.arange(h, dtype=torch.float32, device=device) * s + (s - 1) / 2
+        offset = (s - 1) / 2 if centralize else 0.0
+        xs = torch.arange(w, dtype=torch.float32, device=device) * s + offset
+        ys = torch.arange(h, dtype=torch.float32, device=device) * s + offset
         yy, xx = torch.meshgrid(ys, xs, indexing="ij")
         points.append(torch.stack([xx.reshape(-1), yy.reshape(-1)], dim=-1))
         point_strides.append(torch.full((h * w,), float(s), device=device))
