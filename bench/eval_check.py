@@ -146,12 +146,13 @@ def main() -> int:
         import torch
 
         from rtmo import RTMO, RTMOConfig
+        from rtmo.zoo import read_checkpoint
 
         torch.set_num_threads(2)
         name = "rtmo-s_8xb32-600e_coco-640x640_seed0"
         m = RTMO(RTMOConfig.preset("s"))
         ckpt = SHARED / "fixtures" / name / f"{name}.pth"
-        m.load_state_dict(torch.load(ckpt, weights_only=True)["state_dict"])
+        m.load_state_dict(read_checkpoint(ckpt)[0])
         m.eval()
         t0 = time.perf_counter()
         with torch.no_grad():

@@ -100,14 +100,14 @@ def load_model(name_or_path: str):
 
         return ModelManager.get(name_or_path)
     except ImportError:  # before rtmo.zoo existed
-        import torch
 
         from rtmo.config import RTMOConfig
         from rtmo.model import RTMO
+        from rtmo.zoo import read_checkpoint
 
         preset = "t" if "rtmo-t" in Path(name_or_path).name else "s"
         m = RTMO(RTMOConfig.preset(preset))
-        m.load_state_dict(torch.load(name_or_path, weights_only=True)["state_dict"])
+        m.load_state_dict(read_checkpoint(name_or_path)[0])
         m.checkpoint_info = {"name": Path(name_or_path).stem, "path": str(name_or_path)}
         return m.eval()
 
