@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 
 class CheckpointError(ValueError):
@@ -81,6 +80,8 @@ def load_checkpoint(path: str | os.PathLike) -> Any:
         raise CheckpointError(f"{p}: not a PyTorch checkpoint (unrecognised file format)")
     if head.startswith(b"PK") and not _zip_complete(p):
         raise CheckpointError(f"{p}: corrupt or truncated checkpoint (its zip archive is incomplete)")
+    import torch  # here, not at the top: exported models are opened through modules that import this one
+
     try:
         with torch.serialization.safe_globals(_array_globals()):
             return torch.load(p, map_location="cpu", weights_only=True)
