@@ -8,8 +8,20 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from .onnx import check_export_options, export_onnx, read_metadata
-from .runtime import OnnxRuntimeModel, OpenVINOModel, TensorRTModel, build_engine, load_exported
+# Imported on first use (PEP 562): opening an exported model (`rtmo.export.runtime`) must not import torch
+# through `.onnx`, which traces PyTorch models.
+_LAZY = {"export_onnx": "onnx", "check_export_options": "onnx", "read_metadata": "runtime",
+         "OnnxRuntimeModel": "runtime", "OpenVINOModel": "runtime", "TensorRTModel": "runtime",
+         "build_engine": "runtime", "load_exported": "runtime"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(name)
+
 
 FORMATS = ("onnx", "openvino", "tensorrt")
 SUFFIX = {"onnx": ".onnx", "openvino": ".xml", "tensorrt": ".engine"}
@@ -47,6 +59,9 @@ def export(model: Any, path: str | Path | None = None, format: str = "onnx", thr
     CUDA; `half` for FP16). Every file is written under a temporary name and renamed when complete and
     verified, so a failure or a kill never leaves a torn file under the final name.
     """
+    from .onnx import check_export_options, export_onnx
+    from .runtime import build_engine
+
     check_export_options(threshold, nms_threshold, opset)
     variant = getattr(model.config, "variant", None) or "custom"
     stem = Path(getattr(model, "checkpoint_info", {}).get("name") or f"rtmo-{variant}").stem
@@ -125,6 +140,7 @@ def add_export_parser(subparsers: Any) -> Any:
 
 def run_export_cli(args: Any) -> int:
     from ..zoo import ModelManager
+    from .onnx import check_export_options
 
     # Every option is checked before the model is loaded or anything is written.
     check_export_options(args.threshold, args.nms_threshold, args.opset)
