@@ -63,7 +63,8 @@ def test_len_iteration_indexing_and_shapes(result):
     d0, last = result[0], result[-1]
     assert d0.keypoints.shape == (k, 3)
     np.testing.assert_array_equal(d0.keypoints, result.keypoints_with_scores[0])
-    assert d0.bbox == pytest.approx(result.boxes[0].tolist()) and last.conf == pytest.approx(result.scores[-1])
+    assert d0.bbox == pytest.approx(result.boxes[0].tolist())
+    assert last.conf == pytest.approx(result.scores[-1])
     with pytest.raises(IndexError):
         result[n]
     head = result[:2]
