@@ -510,7 +510,10 @@ def run_train(args: argparse.Namespace) -> int:
     init_from = args.init_from
     if init_from in REGISTRY:
         init_from = fetch(init_from, progress=not args.quiet)
-    device = None if devices is None else str(devices[0]) if "WORLD_SIZE" not in os.environ else args.device
+    # One process: the device named. Under torchrun every rank takes cuda:LOCAL_RANK of the type named.
+    device = None
+    if devices is not None:
+        device = devices[0].type if "WORLD_SIZE" in os.environ else str(devices[0])
     _training_logs_above_the_bar()
     summary = train(recipe, data_root=args.data_root, out_dir=args.output, epochs=epochs,
                     batch_size=args.batch_size, device=device, workers=args.workers, resume=args.resume,
