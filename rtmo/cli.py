@@ -19,7 +19,7 @@ from typing import Any
 EXIT_USAGE = 2
 
 # Optional dependencies and the extra that installs each (`pip install "rtmo[extra]"`).
-EXTRAS = {"pycocotools": "eval", "onnx": "onnx", "onnxruntime": "onnx", "onnxslim": "onnx",
+EXTRAS = {"pycocotools": "eval", "onnx": "onnx", "onnxruntime": "onnx",
           "openvino": "openvino", "tensorboard": "train"}
 
 
