@@ -18,6 +18,10 @@ from typing import Any
 
 EXIT_USAGE = 2
 
+# Optional dependencies and the extra that installs each (`pip install "rtmo[extra]"`).
+EXTRAS = {"pycocotools": "eval", "onnx": "onnx", "onnxruntime": "onnx",
+          "openvino": "openvino", "tensorboard": "train"}
+
 
 class CLIError(Exception):
     """A user error: printed as one line, exit code 2."""
@@ -25,12 +29,13 @@ class CLIError(Exception):
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Exception types that mean "bad input" rather than a bug; imported late to keep `rtmo --help` fast."""
+    from .device import DeviceError
     from .infer.image import ImageError
     from .infer.sources import SourceError
     from .zoo import CheckpointError, DownloadError
 
-    errors: list[type[BaseException]] = [CLIError, ImageError, SourceError, CheckpointError, DownloadError,
-                                         FileNotFoundError, PermissionError, IsADirectoryError]
+    errors: list[type[BaseException]] = [CLIError, DeviceError, ImageError, SourceError, CheckpointError,
+                                         DownloadError, FileNotFoundError, PermissionError, IsADirectoryError]
     try:
         from .evaluate import EvaluationError
 
@@ -40,16 +45,92 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     return tuple(errors)
 
 
+def missing_extra_message(e: ImportError) -> str | None:
+    """One line naming the extra to install for a missing optional dependency, None for other imports."""
+    name = (getattr(e, "name", None) or "").split(".")[0]
+    if name == "tensorrt":
+        return "this needs TensorRT (NVIDIA GPUs only): pip install tensorrt"
+    if name in EXTRAS:
+        return f'this needs the optional package {name}: pip install "rtmo[{EXTRAS[name]}]"'
+    return None
+
+
+def require(module: str) -> None:
+    """Fail now, with the install line, when an optional dependency is missing (before any slow work)."""
+    import importlib.util
+
+    if importlib.util.find_spec(module) is None:
+        hint = missing_extra_message(ModuleNotFoundError(name=module))
+        raise CLIError(hint or f"{module} is not installed")
+
+
+# --------------------------------------------------------------------- options shared by every command
+# One name per concept across subcommands: -m/--model, -o/--output (a run folder), --threshold,
+# --nms-threshold, --draw-threshold, --device. `rtmo export` and `rtmo benchmark` build their parsers in
+# rtmo/export and rtmo/benchmark.py with the same names.
+
+MODEL_HELP = ("registry name (see `rtmo models`) or path to a checkpoint (.pth: mmpose's or ours) or an "
+              "exported model (.onnx, OpenVINO .xml, TensorRT .engine)")
+
+
+def add_model_option(p: argparse.ArgumentParser, default: str | None = "rtmo-s-coco", help: str = MODEL_HELP
+                     ) -> None:
+    p.add_argument("-m", "--model", default=default,
+                   help=help + (" (default: %(default)s)" if default else ""))
+
+
+def add_output_option(p: argparse.ArgumentParser, default: str | None, files: str) -> None:
+    where = f" (default: {default})" if default else ""
+    p.add_argument("-o", "--output", default=default, metavar="DIR", help=f"run folder{where}; {files}")
+
+
+def add_threshold_options(p: argparse.ArgumentParser, what: str = "") -> None:
+    p.add_argument("--threshold", type=float, default=None, help="person score threshold: people below it "
+                   f"are dropped{what} (default: the model's, 0.1 = mmpose's test setting)")
+    p.add_argument("--nms-threshold", type=float, default=None,
+                   help="NMS IoU threshold (default: the model's, 0.65)")
+
+
+def add_device_option(p: argparse.ArgumentParser, what: str = "torch models") -> None:
+    p.add_argument("--device", default=None, help=f"device for {what}: cpu, cuda, cuda:1, 0, 0,1 "
+                   "(default: CUDA when available, else cpu)")
+
+
+def check_range(args: argparse.Namespace, names: tuple[str, ...]) -> None:
+    for name in names:
+        v = getattr(args, name, None)
+        if v is not None and not 0.0 <= v <= 1.0:
+            raise CLIError(f"--{name.replace('_', '-')} must be between 0 and 1, got {v}")
+
+
+def check_positive(args: argparse.Namespace, names: tuple[str, ...]) -> None:
+    for name in names:
+        v = getattr(args, name, None)
+        if v is not None and v < 1:
+            raise CLIError(f"--{name.replace('_', '-')} must be >= 1, got {v}")
+
+
+def resolve_device_arg(spec: str | None) -> str:
+    """`--device` checked against this machine before any model loads (DeviceError: one line, exit 2)."""
+    from .device import resolve_device
+
+    return str(resolve_device(spec))
+
+
 # ------------------------------------------------------------------------------------------ predict
+
+PREDICT_FILES = ("with --save: drawn images <stem>.<ext> and videos <stem>.mp4; with --save-json: "
+                 "predictions.json (COCO results of the images) and <stem>.jsonl (one JSON record per video "
+                 "frame); existing files are never overwritten (name_1.ext, ...)")
+
 
 def add_predict(sub: Any) -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="poses in images, folders, globs, videos, cameras, streams",
                        description="Run RTMO on SOURCE: an image, a folder, a glob ('imgs/*.jpg'), a video, "
                                    "a camera index (0), an RTSP/HTTP URL, or a .txt file listing paths.")
     p.add_argument("source", help="image / folder / glob / video / camera index / URL / .txt list")
-    p.add_argument("--model", "-m", default="rtmo-s-coco", help="registry name (see `rtmo models`) or path "
-                   "to a checkpoint or exported model (default: %(default)s)")
-    p.add_argument("--output", "-o", default="runs/predict", help="output folder (default: %(default)s)")
+    add_model_option(p)
+    add_output_option(p, "runs/predict", PREDICT_FILES)
     p.add_argument("--save", action="store_true", help="write drawn images / videos")
     p.add_argument("--save-json", action="store_true", help="write COCO results JSON for images, "
                    "JSON lines (one record per frame) for videos")
@@ -58,11 +139,9 @@ def add_predict(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--smooth", action="store_true", help="One-Euro smoothing of tracked keypoints (implies "
                    "--track)")
     p.add_argument("--batch-size", type=int, default=1, help="images per forward pass (default: %(default)s)")
-    p.add_argument("--threshold", type=float, default=None, help="person score threshold (default: model's)")
-    p.add_argument("--nms-threshold", type=float, default=None, help="NMS IoU threshold (default: model's)")
-    p.add_argument("--kpt-threshold", type=float, default=0.3, help="keypoint score needed to be drawn "
-                   "(default: %(default)s)")
-    p.add_argument("--device", default=None, help="torch device, e.g. cpu, cuda, cuda:1 (default: cpu)")
+    add_threshold_options(p, " (from the results and the JSON)")
+    add_draw_threshold_option(p)
+    add_device_option(p)
     p.add_argument("--vid-stride", type=int, default=1, help="use every n-th video frame")
     p.add_argument("--max-frames", type=int, default=None, help="stop each video / stream after n frames")
     p.add_argument("--show", action="store_true", help="show results in a window (needs a display)")
@@ -71,17 +150,21 @@ def add_predict(sub: Any) -> argparse.ArgumentParser:
     return p
 
 
+def add_draw_threshold_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--draw-threshold", type=float, default=0.3,
+                   help="score a person and a keypoint need to be drawn (default: %(default)s, what mmpose's "
+                        "inferencer draws); results and JSON keep everyone above --threshold")
+    # The earlier name of the same setting; kept working, not advertised.
+    p.add_argument("--kpt-threshold", dest="draw_threshold", type=float, default=argparse.SUPPRESS,
+                   help=argparse.SUPPRESS)
+
+
 def _check_predict_args(args: argparse.Namespace) -> None:
-    for name in ("batch_size", "vid_stride", "max_frames"):
-        v = getattr(args, name)
-        if v is not None and v < 1:
-            raise CLIError(f"--{name.replace('_', '-')} must be >= 1, got {v}")
-    for name in ("threshold", "nms_threshold", "kpt_threshold"):
-        v = getattr(args, name)
-        if v is not None and not 0.0 <= v <= 1.0:
-            raise CLIError(f"--{name.replace('_', '-')} must be between 0 and 1, got {v}")
+    check_positive(args, ("batch_size", "vid_stride", "max_frames"))
+    check_range(args, ("threshold", "nms_threshold", "draw_threshold"))
     if args.ann is not None and not Path(args.ann).is_file():
         raise CLIError(f"--ann {args.ann}: no such file")
+    args.device = resolve_device_arg(args.device)
 
 
 class _Window:
@@ -141,7 +224,7 @@ def run_predict(args: argparse.Namespace) -> int:
         tqdm.write(f"rtmo: warning: {msg}", file=sys.stderr)  # keeps the progress bar intact
 
     window = _Window() if args.show else None
-    writer = PredictionWriter(args.output, args.save, args.save_json, args.kpt_threshold, args.ann,
+    writer = PredictionWriter(args.output, args.save, args.save_json, args.draw_threshold, args.ann,
                               inputs=[it.target for it in items if isinstance(it.target, str)])
     n_results = n_people = 0
     t0 = time.perf_counter()
@@ -176,14 +259,40 @@ def run_predict(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------------------ models
 
 def add_models(sub: Any) -> argparse.ArgumentParser:
-    p = sub.add_parser("models", help="list the official checkpoints (name, input, keypoints, AP, cached)")
+    p = sub.add_parser("models", help="list the official checkpoints (name, input, keypoints, AP, cached)",
+                       description="The registry of official checkpoints; with -m, one model's details "
+                                   "(file, download address, cache path, training recipe).")
+    add_model_option(p, default=None, help="show this registry model only")
     p.set_defaults(func=run_models)
     return p
+
+
+def recipe_for_model(name: str) -> str | None:
+    """The official training recipe of a registry model (`rtmo-s-coco` -> rtmo-s_8xb32-600e_coco-640x640):
+    the published checkpoint's file name without its `-<sha256 prefix>_<date>.pth` tail."""
+    import re
+
+    from .zoo import REGISTRY
+
+    entry = REGISTRY.get(name)
+    return None if entry is None else re.sub(r"-[0-9a-f]{8}_\d{8}\.pth$", "", entry.filename)
 
 
 def run_models(args: argparse.Namespace) -> int:
     from .zoo import REGISTRY, cache_dir, cached_path
 
+    if args.model is not None:
+        e = REGISTRY.get(args.model)
+        if e is None:
+            raise CLIError(f"{args.model!r} is not a registry name; choose from {', '.join(REGISTRY)}")
+        cached = cached_path(e.name)
+        for key, value in (("name", e.name), ("input", "x".join(map(str, e.input_size))),
+                           ("keypoints", e.num_keypoints), ("AP", f"{e.ap:.3f} ({e.eval_data})"),
+                           ("file", e.filename), ("url", e.url),
+                           ("cached", cached or f"no (would go to {cache_dir() / e.filename})"),
+                           ("recipe", recipe_for_model(e.name))):
+            print(f"{key + ':':11} {value}")
+        return 0
     rows = [("name", "input", "kpts", "AP", "measured on", "cached")]
     for name, e in REGISTRY.items():
         w, h = e.input_size
@@ -200,35 +309,113 @@ def run_models(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------------------------------ val
 
+VAL_FILES = "metrics.json (the metrics) and, when a model is evaluated, predictions.json (its COCO results)"
+
+
 def add_val(sub: Any) -> argparse.ArgumentParser:
-    p = sub.add_parser("val", help="COCO / CrowdPose keypoint AP of a results file or of a model")
+    p = sub.add_parser("val", help="COCO / CrowdPose keypoint AP of a model or of a results file",
+                       description="Keypoint AP (pycocotools): run a model (-m) on the annotated images "
+                                   "(--images), or score an existing COCO results file (--results).")
     p.add_argument("ann_pos", nargs="?", default=None, metavar="ann", help="COCO-format annotation file")
     p.add_argument("--ann", default=None, help="the same, as an option")
-    p.add_argument("--results", default=None, help="COCO results JSON to score")
-    p.add_argument("--model", "-m", default=None, help="model to run instead (name or checkpoint path)")
-    p.add_argument("--images", default=None, help="image folder (with --model)")
+    add_model_option(p, default=None, help="model to evaluate: " + MODEL_HELP)
+    p.add_argument("--images", default=None, help="image folder of the annotation file (with --model)")
+    p.add_argument("--results", default=None, help="COCO results JSON to score instead of a model")
     p.add_argument("--protocol", default="coco", choices=("coco", "crowdpose"))
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--output", "-o", default=None, help="write the metrics to this JSON file")
+    p.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default: %(default)s)")
+    add_output_option(p, None, VAL_FILES + " (default: print only)")
+    add_threshold_options(p, " before scoring")
+    add_device_option(p)
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     p.set_defaults(func=run_val)
     return p
 
 
-def run_val(args: argparse.Namespace) -> int:
-    from .evaluate import run_val as _run_val
+class _CountingModel:
+    """The model as `evaluate_model` sees it: `infer` runs with the command's thresholds and advances the
+    progress bar by the number of images; everything else is the model's."""
 
+    def __init__(self, model: Any, bar: Any, threshold: float | None, nms_threshold: float | None) -> None:
+        self._model, self._bar = model, bar
+        self._thresholds = (threshold, nms_threshold)
+
+    def infer(self, images: Any) -> Any:
+        out = self._model.infer(images, *self._thresholds)
+        if self._bar is not None:
+            self._bar.update(len(images) if isinstance(images, (list, tuple)) else 1)
+        return out
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._model, name)
+
+
+def run_val(args: argparse.Namespace) -> int:
     if (args.ann is None) == (args.ann_pos is None):
-        raise ValueError("give the annotation file once: `rtmo val FILE ...` or `rtmo val --ann FILE ...`")
-    _run_val(args.ann or args.ann_pos, args.results, args.model, args.images, args.protocol, args.output,
-             args.batch_size)
+        raise CLIError("give the annotation file once: `rtmo val FILE ...` or `rtmo val --ann FILE ...`")
+    ann = args.ann or args.ann_pos
+    if (args.results is None) == (args.model is None):
+        raise CLIError("give a model to evaluate (-m/--model with --images) or a results file (--results)")
+    check_positive(args, ("batch_size",))
+    check_range(args, ("threshold", "nms_threshold"))
+    out = Path(args.output) if args.output is not None else None
+    if out is not None and out.suffix.lower() == ".json":
+        raise CLIError(f"--output {out}: give a folder; metrics.json is written inside it")
+    require("pycocotools")
+    from .evaluate import evaluate, evaluate_model, format_metrics, load_annotations, write_metrics
+
+    gt = load_annotations(ann)  # a bad file fails here, before a model loads
+    if args.results is not None:
+        if args.threshold is not None or args.nms_threshold is not None:
+            raise CLIError("--threshold / --nms-threshold apply when evaluating a model, not --results")
+        metrics = evaluate(gt, args.results, args.protocol)
+    else:
+        if args.images is None:
+            raise CLIError("evaluating a model needs --images (the annotation file's image folder)")
+        if not Path(args.images).is_dir():
+            raise CLIError(f"--images {args.images}: no such folder")
+        device = resolve_device_arg(args.device)
+        from .zoo import ModelManager
+
+        model = ModelManager.get(args.model, device=device, progress=not args.quiet)
+        bar = None
+        if not args.quiet:
+            from tqdm import tqdm
+
+            bar = tqdm(total=len(gt["images"]), unit="img", desc="val", dynamic_ncols=True)
+        try:
+            metrics = evaluate_model(_CountingModel(model, bar, args.threshold, args.nms_threshold),
+                                     args.images, gt, args.protocol, args.batch_size,
+                                     results_file=None if out is None else out / "predictions.json")
+        finally:
+            if bar is not None:
+                bar.close()
+    print(format_metrics(metrics, title=f"{args.protocol} keypoint evaluation: {ann}"))
+    if out is not None:
+        write_metrics(out / "metrics.json", metrics)
+        print(f"wrote {out / 'metrics.json'}" + (f" and {out / 'predictions.json'}" if args.model else ""))
     return 0
 
 
 # ------------------------------------------------------------------------------------------ train
 
+TRAIN_FILES = ("last.pth (every epoch), best.pth (best validation AP), epoch_N.pth (every checkpoint "
+               "interval), metrics.jsonl (losses and metrics), TensorBoard events when installed")
+
+
 def add_train(sub: Any) -> argparse.ArgumentParser:
-    p = sub.add_parser("train", help="train following an official recipe (name) or a TOML recipe file")
-    p.add_argument("recipe", help="recipe name, e.g. rtmo-s_8xb32-600e_coco-640x640, or a .toml path")
+    p = sub.add_parser("train", help="train a model following an official recipe or a TOML recipe file",
+                       description="Train RTMO. What is trained is a recipe: an official model name "
+                                   "(rtmo-s-coco -> its recipe), an official recipe name "
+                                   "(rtmo-s_8xb32-600e_coco-640x640) or a TOML file; `rtmo train --list` "
+                                   "shows them.")
+    p.add_argument("recipe", nargs="?", default=None, help="model name, recipe name or .toml path "
+                   "(the same as -m/--model)")
+    add_model_option(p, default=None, help="what to train: model name (rtmo-s-coco), recipe name or .toml")
+    p.add_argument("--list", action="store_true", help="list the official recipes and model names, then exit")
+    p.add_argument("--init-from", default=None, help="weights to start from (registry name or .pth), e.g. "
+                   "fine-tuning an official checkpoint; unlike -m/--model it sets the starting weights, not "
+                   "the architecture or recipe")
+    add_output_option(p, "runs/train", TRAIN_FILES)
     p.add_argument("--data-root", default=None, help="dataset root (overrides the recipe's)")
     p.add_argument("--train-ann", default=None, help="train on this COCO-format keypoint file instead of the "
                    "recipe's datasets (any keypoint set; needs --train-images)")
@@ -239,29 +426,118 @@ def add_train(sub: Any) -> argparse.ArgumentParser:
                    help="backbone (default: the recipe's, CSPDarknet)")
     p.add_argument("--backbone-init", default=None, help="backbone weights: YOLOX checkpoint (name such as "
                    "yolox-s, URL or file) for CSPDarknet, torchvision file for ResNet; '' for none")
-    p.add_argument("--output", "-o", default="runs/train", help="run folder (default: %(default)s)")
     p.add_argument("--epochs", type=int, default=None, help="rescale the schedule to this many epochs")
+    p.add_argument("--iters", type=int, default=None, help="iterations per epoch (default: the whole "
+                   "training set); with --epochs E a short run of E x N iterations")
+    p.add_argument("--val-interval", type=int, default=None, help="validate every N epochs (and after the "
+                   "last); default: the recipe's, rescaled with --epochs")
     p.add_argument("--batch-size", type=int, default=None, help="per-device batch size")
-    p.add_argument("--device", default=None)
+    add_device_option(p, "training (several GPUs: start with torchrun --nproc_per_node N -m rtmo train)")
     p.add_argument("--workers", type=int, default=None)
     p.add_argument("--resume", nargs="?", const=True, default=None,
                    help="continue from OUTPUT/last.pth, or from the given checkpoint")
-    p.add_argument("--init-from", default=None, help="start from these weights (e.g. an official checkpoint)")
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     p.set_defaults(func=run_train)
     return p
 
 
-def run_train(args: argparse.Namespace) -> int:
-    from .train.trainer import train
+def _list_recipes() -> int:
+    from .train.recipes import list_recipes
+    from .zoo import REGISTRY
 
-    train(args.recipe, data_root=args.data_root, out_dir=args.output, epochs=args.epochs,
-          batch_size=args.batch_size, device=args.device, workers=args.workers, resume=args.resume,
-          init_from=args.init_from, amp=args.amp, seed=args.seed, backbone=args.backbone,
-          backbone_init=args.backbone_init, train_ann=args.train_ann, train_images=args.train_images,
-          val_ann=args.val_ann, val_images=args.val_images)
+    by_recipe = {recipe_for_model(n): n for n in REGISTRY}
+    rows = [(r, by_recipe.get(r, "")) for r in list_recipes()]
+    width = max(len(r) for r, _ in rows)
+    print(f"{'recipe'.ljust(width)}  model name")
+    for r, n in rows:
+        print(f"{r.ljust(width)}  {n}".rstrip())
     return 0
+
+
+def _training_logs_above_the_bar() -> None:
+    """Log lines go through tqdm.write, so they print above the progress bar instead of onto it.
+
+    Installed only when nothing configured logging (train() then keeps it); rank 0 logs, others warn."""
+    import logging
+
+    root = logging.getLogger()
+    if root.handlers:
+        return
+    from tqdm import tqdm
+
+    class TqdmHandler(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            try:
+                tqdm.write(self.format(record), file=sys.stderr)
+            except Exception:  # noqa: BLE001 - logging must never break training
+                self.handleError(record)
+
+    handler = TqdmHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s: %(message)s"))
+    root.addHandler(handler)
+    root.setLevel(logging.INFO if int(os.environ.get("RANK", "0")) == 0 else logging.WARNING)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    if args.list:
+        return _list_recipes()
+    if args.recipe is not None and args.model is not None and args.recipe != args.model:
+        raise CLIError(f"give what to train once: {args.recipe!r} or -m {args.model!r}")
+    name = args.recipe or args.model
+    if name is None:
+        raise CLIError("name what to train: `rtmo train rtmo-s-coco` (see `rtmo train --list`)")
+    check_positive(args, ("epochs", "iters", "val_interval", "batch_size"))
+    from .device import resolve_devices
+
+    devices = resolve_devices(args.device) if args.device is not None else None
+    if devices is not None and len(devices) > 1 and "WORLD_SIZE" not in os.environ:
+        raise CLIError(f"--device {args.device} names {len(devices)} devices: start one process per device "
+                       f"with torchrun --nproc_per_node {len(devices)} -m rtmo train ...")
+    from .train.recipes import TrainRecipe
+    from .train.trainer import scale_epochs, train
+    from .zoo import REGISTRY, fetch
+
+    recipe = TrainRecipe.load(recipe_for_model(name) or name)
+    epochs = args.epochs
+    if args.val_interval is not None:
+        # Rescale here so the interval given is the one used (train() would rescale it with the schedule).
+        if epochs is not None:
+            recipe, epochs = scale_epochs(recipe, epochs), None
+        recipe = recipe.with_overrides(**{"runtime.val_interval": args.val_interval,
+                                          "runtime.val_every_epoch_from": recipe.schedule.epochs})
+    init_from = args.init_from
+    if init_from in REGISTRY:
+        init_from = fetch(init_from, progress=not args.quiet)
+    # One process: the device named. Under torchrun every rank takes cuda:LOCAL_RANK of the type named.
+    device = None
+    if devices is not None:
+        device = devices[0].type if "WORLD_SIZE" in os.environ else str(devices[0])
+    _training_logs_above_the_bar()
+    summary = train(recipe, data_root=args.data_root, out_dir=args.output, epochs=epochs,
+                    batch_size=args.batch_size, device=device, workers=args.workers, resume=args.resume,
+                    init_from=init_from, amp=args.amp, seed=args.seed, backbone=args.backbone,
+                    backbone_init=args.backbone_init, train_ann=args.train_ann,
+                    train_images=args.train_images,
+                    val_ann=args.val_ann, val_images=args.val_images, max_iters_per_epoch=args.iters,
+                    progress=not args.quiet)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(train_summary(summary, Path(args.output)))
+    return 0
+
+
+def train_summary(summary: dict[str, Any], out: Path) -> str:
+    """The closing lines of `rtmo train`: epochs and iterations done, the best metric, the files."""
+    best = summary.get("best") or {}
+    lines = [f"trained {summary.get('epoch')} epoch(s), {summary.get('iter')} iterations"]
+    if best.get("metric") is not None and best.get("epoch", -1) >= 0:
+        lines.append(f"best {best['metric']} {best['value']:.4f} at epoch {best['epoch'] + 1}")
+    else:
+        lines.append("no validation ran (no validation set): best.pth not written")
+    files = [p.name for p in (out / "best.pth", out / "last.pth", out / "metrics.jsonl") if p.exists()]
+    lines.append(f"files in {out}: {', '.join(files) or 'none'}")
+    return "\n".join(lines)
 
 
 # ------------------------------------------------------------------------------------------ others
@@ -306,6 +582,10 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # noqa: BLE001 - the one place that turns errors into messages
         if os.environ.get("RTMO_DEBUG"):
             raise
+        hint = missing_extra_message(e) if isinstance(e, ImportError) else None
+        if hint is not None:  # an optional dependency: say which extra installs it
+            print(f"rtmo: error: {args.command}: {hint}", file=sys.stderr)
+            return EXIT_USAGE
         # ValueError covers bad values handed down to the library (CheckpointError, ImageError, ... derive
         # from it); anything else is a bug and says its type.
         known = isinstance(e, (ValueError, *_user_errors()))

@@ -3,25 +3,21 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
-
-import cv2
 
 SAMPLE = Path(__file__).with_name("assets") / "sample.jpg"
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--model", default="rtmo-s-coco", help="registry name or checkpoint path")
+    ap.add_argument("-m", "--model", default="rtmo-s-coco", help="registry name or checkpoint path")
     ap.add_argument("--image", default=str(SAMPLE))
-    ap.add_argument("--output", default="outputs/demo")
+    ap.add_argument("-o", "--output", default="outputs/demo", help="folder for <stem>_pose.jpg / .json")
     args = ap.parse_args(argv)
 
     from . import ModelManager
-    from .infer.draw import draw_result
     from .infer.image import ImageError, read_image
     from .zoo import CheckpointError, DownloadError
 
@@ -40,8 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     stem = Path(args.image).stem
     drawn = out / f"{stem}_pose.jpg"
-    cv2.imwrite(str(drawn), draw_result(image, result))
-    (out / f"{stem}_pose.json").write_text(json.dumps(result.to_dict(), indent=1))
+    result.save(drawn)  # the poses drawn on the photo (people and keypoints scoring >= 0.3)
+    (out / f"{stem}_pose.json").write_text(result.to_json(indent=1))
 
     print(f"{model.checkpoint_info.get('name', args.model)}: {len(result)} people in {args.image} "
           f"({image.shape[1]}x{image.shape[0]}), {seconds * 1000:.0f} ms")

@@ -57,21 +57,9 @@ class EvaluationError(ValueError):
 
 
 def pose_result_to_coco(result: PoseResult, image_id: int, category_id: int = 1) -> list[dict]:
-    """COCO keypoint-results records for the people of one image (CocoMetric, score_mode='bbox')."""
-    n, k = result.keypoints.shape[:2] if len(result) else (0, 0)
-    records = []
-    kps = np.concatenate([result.keypoints, result.keypoint_scores[..., None]], axis=-1).reshape(n, k * 3)
-    for i in range(n):
-        x1, y1, x2, y2 = (float(v) for v in result.boxes[i])
-        records.append({
-            "image_id": int(image_id),
-            "category_id": int(category_id),
-            "keypoints": [float(v) for v in kps[i]],
-            "score": float(result.scores[i]),
-            # mmpose writes the box too; COCO's loadRes then takes the detection area from it
-            "bbox": [x1, y1, x2 - x1, y2 - y1],
-        })
-    return records
+    """COCO keypoint-results records for the people of one image (CocoMetric, score_mode='bbox');
+    the format is defined once, in `PoseResult.to_coco`."""
+    return result.to_coco(image_id, category_id)
 
 
 def results_to_coco(results: Sequence[PoseResult], image_ids: Sequence[int], category_id: int = 1

@@ -137,6 +137,13 @@ class RTMO(nn.Module):
         gen = predict(self, source, **kwargs)
         return gen if stream else list(gen)
 
+    def export(self, format: str = "onnx", path: str | None = None, **kwargs: Any) -> Any:
+        """Write a deployable file and return its path: `rtmo.export.export(self, path, format, ...)`
+        ('onnx', 'openvino', 'tensorrt'; kwargs as `rtmo.export.export_onnx`)."""
+        from .export import export
+
+        return export(self, path, format=format, **kwargs)
+
     @torch.no_grad()
     def fuse(self) -> RTMO:
         """Fold every BatchNorm2d into the convolution before it and each RepVGG block into one 3x3 conv,

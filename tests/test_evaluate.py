@@ -434,9 +434,9 @@ def test_rtmo_val_command(tmp_path, capsys):
     gt = _load(COCO_ANN)
     res = tmp_path / "res.json"
     res.write_text(json.dumps(gt_as_predictions(gt)))
-    out = tmp_path / "m.json"
+    out = tmp_path / "val"  # -o is a run folder (issue 10): metrics.json inside
     assert main(["val", "--ann", str(COCO_ANN), "--results", str(res), "--output", str(out)]) == 0
-    assert json.loads(out.read_text()) == {k: 1.0 for k in COCO_METRICS}
+    assert json.loads((out / "metrics.json").read_text()) == {k: 1.0 for k in COCO_METRICS}
     assert "AP50" in capsys.readouterr().out
     assert main(["val", str(COCO_ANN), "--ann", str(COCO_ANN), "--results", str(res)]) == 2
     assert main(["val", "--results", str(res)]) == 2

@@ -63,6 +63,8 @@ def infer(model: Any, image: Any, threshold: float | None = None, nms_threshold:
     items = [image] if single else list(image)
     loaded = [load_image(x) for x in items]
     results = infer_arrays(model, [a for a, _ in loaded], threshold, nms_threshold, [p for _, p in loaded])
+    for r, (array, _) in zip(results, loaded):  # the decoded source, for result.plot() / .save()
+        r.image = array
     return results[0] if single else results
 
 
