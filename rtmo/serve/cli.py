@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import socket
 import sys
 from typing import Any
@@ -66,6 +67,7 @@ def _listen(host: str, port: int) -> socket.socket:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind(addr)
+        sock.listen(2048)  # connections queue from now on, while the model loads
     except OSError as e:
         sock.close()
         raise ValueError(f"cannot listen on {host}:{port}: {e.strerror}") from None
@@ -96,7 +98,13 @@ def run_serve(args: argparse.Namespace) -> int:
         # in-flight requests get 30 s to finish after SIGTERM / Ctrl-C; a frame may be as large as an upload
         config = uvicorn.Config(app, log_level=args.log_level, timeout_graceful_shutdown=30,
                                 ws_max_size=int(args.max_upload_mb * 2**20) + 4096)
-        uvicorn.Server(config).run(sockets=[sock])
+        # uvicorn re-raises the SIGTERM it handled once it has shut down gracefully; with this no-op handler
+        # in place that ends `run` normally, so a stop by SIGTERM exits 0 after "stopped"
+        previous = signal.signal(signal.SIGTERM, lambda *_: None)
+        try:
+            uvicorn.Server(config).run(sockets=[sock])
+        finally:
+            signal.signal(signal.SIGTERM, previous)
     finally:
         sock.close()
     print("rtmo serve: stopped", file=sys.stderr, flush=True)
