@@ -86,7 +86,9 @@ async function predictFile(file) {
   const ctx = canvas.getContext("2d");
   ctx.drawImage(bitmap, 0, 0);
   drawPoses(ctx, answer, Number($("kpt-threshold").value));
-  $("json").textContent = JSON.stringify(answer, null, 1);
+  // one line per number array (a box, a keypoint) keeps the JSON readable
+  $("json").textContent = JSON.stringify(answer, null, 1)
+    .replace(/\[\s+([-\d.e,\s]+?)\s+\]/g, (m, inner) => `[${inner.replace(/\s+/g, "")}]`);
   const n = answer.detections.length;
   canvas.dataset.people = String(n);
   canvas.dataset.state = "done";
