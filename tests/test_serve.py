@@ -29,6 +29,7 @@ from rtmo.infer.api import infer, infer_arrays  # noqa: E402
 from rtmo.infer.image import read_image  # noqa: E402
 from rtmo.serve.app import create_app  # noqa: E402
 from rtmo.serve.batching import DynamicBatcher  # noqa: E402
+from rtmo.serve.decode import header_size  # noqa: E402
 
 from .conftest import data_images, fixture_checkpoint, fixture_model  # noqa: E402
 
@@ -177,17 +178,37 @@ def test_bad_uploads_get_json_errors_and_server_goes_on(client, model, images):
 
 def test_too_large_is_413_before_buffering(model, images):
     big = images[0].read_bytes()  # ~130 KB against a 0.05 MiB (52 KB) limit
-    with TestClient(create_app(model, max_upload_mb=0.05)) as c:
+    tiny = cv2.imencode(".png", cv2.resize(read_image(images[1]), (64, 48)))[1].tobytes()
+    one_pixel = cv2.imencode(".png", np.zeros((1, 1, 3), np.uint8))[1].tobytes()
+    flat = cv2.imencode(".png", np.full((300, 300, 3), 90, np.uint8))[1].tobytes()  # 90 kpx in ~1 KB
+    with TestClient(create_app(model, max_upload_mb=0.05, max_megapixels=0.05)) as c:
         for kwargs in (dict(files={"file": ("big.jpg", big, "image/jpeg")}),
                        dict(content=big, headers={"content-type": "image/jpeg"}),
                        # no Content-Length: refused while streaming
                        dict(content=iter([big[i:i + 8192] for i in range(0, len(big), 8192)]),
                             headers={"content-type": "image/jpeg"})):
             r = c.post("/predict", **kwargs)
-            assert r.status_code == 413 and "limit" in r.json()["detail"], r.text
-            small = images[1]  # 102 KB: also too big; a small PNG is not
-            tiny = cv2.imencode(".png", cv2.resize(read_image(small), (64, 48)))[1].tobytes()
+            assert r.status_code == 413, r.text
+            assert re.search(r"limit (is|of) 0\.05 MiB", r.json()["detail"]), r.text
             assert c.post("/predict", content=tiny, headers={"content-type": "image/png"}).status_code == 200
+        r = c.post("/predict", content=flat, headers={"content-type": "image/png"})
+        assert r.status_code == 400 and "300x300 is 0 megapixels; the limit is 0" in r.json()["detail"]
+        r = c.post("/predict", content=one_pixel, headers={"content-type": "image/png"})
+        assert r.status_code == 200 and r.json()["image_shape"] == [1, 1]
+
+
+def test_header_size_matches_decoder(images):
+    """The size read from headers (for --max-megapixels, before decoding) is the decoded size."""
+    img = np.random.default_rng(0).integers(0, 255, (37, 53, 3), np.uint8)
+    webp_q = cv2.IMWRITE_WEBP_QUALITY
+    for ext, params in ((".jpg", []), (".jpg", [cv2.IMWRITE_JPEG_PROGRESSIVE, 1]), (".png", []),
+                        (".webp", [webp_q, 80]), (".webp", [webp_q, 101])):  # lossy VP8, lossless VP8L
+        assert header_size(cv2.imencode(ext, img, params)[1].tobytes()) == (53, 37), (ext, params)
+    for p in images:  # real camera JPEGs (APP/EXIF segments before the frame header)
+        data = p.read_bytes()
+        h, w = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED).shape[:2]
+        assert header_size(data) == (w, h), p.name
+    assert header_size(b"\xff\xd8\xff\xe0garbage") is None
 
 
 def test_client_disconnect_mid_upload_is_answered(model, images):

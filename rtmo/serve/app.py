@@ -79,24 +79,29 @@ def _http_error(e: Exception) -> HTTPException:
     return HTTPException(500, f"internal error: {type(e).__name__}: {e}")
 
 
-async def _read_body(request: Request, limit: int, what: str) -> bytes:
-    """The request body, refusing (413) as soon as it exceeds `limit` bytes rather than after buffering it."""
+async def _read_body(request: Request, limit: int, what: str, slack: int = 0) -> bytes:
+    """The request body, refusing (413) as soon as it exceeds `limit` (+ `slack`) bytes rather than after
+    buffering it."""
     declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise HTTPException(413, f"{what} is {int(declared) / 2**20:.1f} MiB; the limit is "
-                                 f"{limit / 2**20:.1f} MiB (rtmo serve --max-upload-mb)")
+    if declared.isdigit() and int(declared) > limit + slack:
+        raise HTTPException(413, f"{what} is {_mib(int(declared))}; the limit is {_mib(limit)} "
+                                 "(rtmo serve --max-upload-mb)")
     chunks, size = [], 0
     try:
         async for chunk in request.stream():
             size += len(chunk)
-            if size > limit:
-                raise HTTPException(413, f"{what} exceeds the limit of {limit / 2**20:.1f} MiB "
+            if size > limit + slack:
+                raise HTTPException(413, f"{what} exceeds the limit of {_mib(limit)} "
                                          "(rtmo serve --max-upload-mb)")
             chunks.append(chunk)
     except ClientDisconnect:
         log.info("client disconnected during the upload (%d bytes received)", size)
         raise HTTPException(400, f"client disconnected during the upload ({size} bytes received)") from None
     return b"".join(chunks)
+
+
+def _mib(n: float) -> str:
+    return f"{n / 2**20:.3g} MiB"
 
 
 def _content_type(value: str | None) -> str:
@@ -107,7 +112,7 @@ async def read_upload(request: Request, limit: int) -> tuple[bytes, str, dict[st
     """(image bytes, a name for messages, form fields) from a multipart `file` field or the raw body."""
     ctype = _content_type(request.headers.get("content-type"))
     if ctype == "multipart/form-data":
-        body = await _read_body(request, limit + MULTIPART_SLACK, "the upload")
+        body = await _read_body(request, limit, "the upload", MULTIPART_SLACK)
 
         async def replay() -> dict[str, Any]:
             return {"type": "http.request", "body": body, "more_body": False}
@@ -125,10 +130,11 @@ async def read_upload(request: Request, limit: int) -> tuple[bytes, str, dict[st
         if ptype and ptype not in (*ACCEPTED_TYPES, "application/octet-stream"):
             raise HTTPException(415, f"{name}: content type {ptype!r} is not JPEG, PNG or WebP")
         data = await part.read()
-        if len(data) > limit:
-            raise HTTPException(413, f"{name} is {len(data) / 2**20:.1f} MiB; the limit is "
-                                     f"{limit / 2**20:.1f} MiB (rtmo serve --max-upload-mb)")
         fields = {k: v for k, v in form.items() if isinstance(v, str)}
+        await form.close()  # spooled temporary files
+        if len(data) > limit:
+            raise HTTPException(413, f"{name} is {_mib(len(data))}; the limit is {_mib(limit)} "
+                                     "(rtmo serve --max-upload-mb)")
         return data, name, fields
     if ctype and ctype not in (*ACCEPTED_TYPES, "application/octet-stream"):
         raise HTTPException(415, f"content type {ctype!r} is not accepted: send a JPEG, PNG or WebP image as "
@@ -154,12 +160,14 @@ def _param(query: float | None, fields: dict[str, str], key: str, default: float
 
 def create_app(model: Any, *, model_name: str | None = None, max_batch: int = 8,
                batch_timeout_ms: float = 10.0, max_upload_mb: float = 20.0, threshold: float | None = None,
-               nms_threshold: float | None = None, max_queue: int = 256) -> FastAPI:
+               nms_threshold: float | None = None, max_queue: int = 256, max_megapixels: float = 100.0
+               ) -> FastAPI:
     """The app serving `model` (anything `infer_arrays` accepts). The batcher starts with the app's lifespan:
     use `with TestClient(app)` in tests."""
     if max_upload_mb <= 0:
         raise ValueError(f"max_upload_mb must be positive, got {max_upload_mb}")
     limit = int(max_upload_mb * 2**20)
+    max_pixels = int(max_megapixels * 1e6)
     default_thr, default_nms = threshold, nms_threshold  # the endpoints' own parameters shadow these names
     description = model_description(model, model_name)
 
@@ -191,7 +199,7 @@ def create_app(model: Any, *, model_name: str | None = None, max_batch: int = 8,
         thr = _param(thr, fields, "threshold", default_thr)
         nms_thr = _param(nms_thr, fields, "nms_threshold", default_nms)
         try:
-            image = await run_in_threadpool(decode_image, data, name)
+            image = await run_in_threadpool(decode_image, data, name, max_pixels)
         except ImageError as e:
             raise HTTPException(400, str(e)) from None
         t1 = time.perf_counter()
@@ -257,7 +265,7 @@ def create_app(model: Any, *, model_name: str | None = None, max_batch: int = 8,
                  threshold: float | None = Query(None, ge=0.0, le=1.0),
                  nms_threshold: float | None = Query(None, ge=0.0, le=1.0)) -> None:
         await websocket.accept()
-        await PoseStream(websocket, run_model, limit, track or smooth, smooth,
+        await PoseStream(websocket, run_model, limit, max_pixels, track or smooth, smooth,
                          default_thr if threshold is None else threshold,
                          default_nms if nms_threshold is None else nms_threshold).run()
 
@@ -289,9 +297,9 @@ class PoseStream:
     count of frames received on this connection, from 0), so the client can match answers to frames.
     """
 
-    def __init__(self, websocket: WebSocket, run_model: Any, limit: int, track: bool, smooth: bool,
-                 threshold: float | None, nms_threshold: float | None) -> None:
-        self.ws, self.run_model, self.limit = websocket, run_model, limit
+    def __init__(self, websocket: WebSocket, run_model: Any, limit: int, max_pixels: int, track: bool,
+                 smooth: bool, threshold: float | None, nms_threshold: float | None) -> None:
+        self.ws, self.run_model, self.limit, self.max_pixels = websocket, run_model, limit, max_pixels
         self.tracker = Tracker() if track else None
         self.smoother = PoseSmoother() if smooth else None
         self.threshold, self.nms_threshold = threshold, nms_threshold
@@ -344,8 +352,9 @@ class PoseStream:
             msg: dict[str, Any] = {"frame_index": index}
             try:
                 if len(data) > self.limit:
-                    raise ImageError(f"frame {index}: {len(data) / 2**20:.1f} MiB exceeds the upload limit")
-                image = await run_in_threadpool(decode_image, data, f"frame {index}")
+                    raise ImageError(f"frame {index}: {_mib(len(data))} exceeds the limit of "
+                                     f"{_mib(self.limit)}")
+                image = await run_in_threadpool(decode_image, data, f"frame {index}", self.max_pixels)
                 result = await self.run_model(image, self.threshold, self.nms_threshold)
             except HTTPException as e:
                 msg["error"] = e.detail

@@ -136,8 +136,11 @@ class DynamicBatcher:
             results: list[PoseResult] = infer_arrays(self.model, [j.image for j in jobs], threshold,
                                                      nms_threshold)
         except Exception as e:  # noqa: BLE001 - one bad batch must not kill the worker
-            for j in jobs:
-                j.future.set_exception(e)
+            if len(jobs) > 1:  # find the culprit: the others still get their results
+                for j in jobs:
+                    self._infer([j], threshold, nms_threshold)
+                return
+            jobs[0].future.set_exception(e)
             return
         self.batch_sizes[len(jobs)] += 1
         self.images += len(jobs)

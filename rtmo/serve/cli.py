@@ -28,6 +28,8 @@ def add_serve(sub: Any) -> argparse.ArgumentParser:
                    "to share its forward pass (default: %(default)s)")
     p.add_argument("--max-upload-mb", type=float, default=20.0, help="largest accepted image or frame "
                    "(default: %(default)s)")
+    p.add_argument("--max-megapixels", type=float, default=100.0, help="largest accepted image size, read "
+                   "from its header before decoding (default: %(default)s)")
     p.add_argument("--threshold", type=float, default=None, help="default person score threshold "
                    "(default: the model's)")
     p.add_argument("--nms-threshold", type=float, default=None, help="default NMS IoU threshold "
@@ -46,8 +48,9 @@ def _check(args: argparse.Namespace) -> None:
         raise ValueError(f"--max-queue must be >= 1, got {args.max_queue}")
     if args.batch_timeout_ms < 0:
         raise ValueError(f"--batch-timeout-ms must be >= 0, got {args.batch_timeout_ms}")
-    if args.max_upload_mb <= 0:
-        raise ValueError(f"--max-upload-mb must be positive, got {args.max_upload_mb}")
+    for name in ("max_upload_mb", "max_megapixels"):
+        if getattr(args, name) <= 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     if not 0 <= args.port <= 65535:
         raise ValueError(f"--port must be between 0 and 65535, got {args.port}")
     for name in ("threshold", "nms_threshold"):
@@ -89,7 +92,8 @@ def run_serve(args: argparse.Namespace) -> int:
         model = ModelManager.get(args.model, device=args.device)
         app = create_app(model, max_batch=args.max_batch, batch_timeout_ms=args.batch_timeout_ms,
                          max_upload_mb=args.max_upload_mb, threshold=args.threshold,
-                         nms_threshold=args.nms_threshold, max_queue=args.max_queue)
+                         nms_threshold=args.nms_threshold, max_queue=args.max_queue,
+                         max_megapixels=args.max_megapixels)
         host, port = sock.getsockname()[:2]
         shown = f"[{host}]" if ":" in host else host
         w, h = model.input_size
