@@ -306,6 +306,8 @@ def test_websocket_tracks_ids_across_frames(client, images):
             answers.append(ws.receive_json())
         ws.send_bytes(b"garbage")
         bad = ws.receive_json()
+        ws.send_text("hello")
+        text = ws.receive_json()
         ws.send_bytes(frame)
         after = ws.receive_json()
     assert [a["frame_index"] for a in answers] == [0, 1, 2] and all(a["dropped"] == 0 for a in answers)
@@ -313,6 +315,7 @@ def test_websocket_tracks_ids_across_frames(client, images):
     assert ids[0] and ids[0] == ids[1] == ids[2], ids  # the same people keep their ids
     assert ids[0] == list(range(1, len(ids[0]) + 1))
     assert "not a JPEG" in bad["error"] and bad["frame_index"] == 3
+    assert "binary message" in text["error"]
     assert after["frame_index"] == 4 and after["detections"]
 
 
@@ -350,7 +353,7 @@ def test_real_server_survives_disconnects_and_stops_cleanly_on_sigterm(images):
     import httpx
     from websockets.sync.client import connect
 
-    proc, url = _start_server("--batch-timeout-ms", "1500")
+    proc, url = _start_server("--batch-timeout-ms", "3000")
     try:
         host, port = url.split("//")[1].split(":")
         # a client that disconnects mid-upload ...
@@ -362,7 +365,7 @@ def test_real_server_survives_disconnects_and_stops_cleanly_on_sigterm(images):
             ws.send(images[1].read_bytes())
         assert httpx.get(url + "/health").json()["status"] == "ok"
 
-        # three requests wait in the batcher (1.5 s window) when SIGTERM arrives: all are answered
+        # three requests wait in the batcher (3 s window) when SIGTERM arrives: all are answered
         results: list = []
 
         def post(p: Path) -> None:
@@ -372,7 +375,9 @@ def test_real_server_survives_disconnects_and_stops_cleanly_on_sigterm(images):
         threads = [threading.Thread(target=post, args=(p,)) for p in images[:3]]
         for t in threads:
             t.start()
-        time.sleep(0.7)
+        deadline = time.time() + 30
+        while httpx.get(url + "/health").json()["batching"]["pending"] < 3 and time.time() < deadline:
+            time.sleep(0.05)
         proc.send_signal(signal.SIGTERM)
         for t in threads:
             t.join(60)

@@ -63,6 +63,7 @@ class DynamicBatcher:
         self._lock = threading.Lock()
         self.batch_sizes: Counter[int] = Counter()  # forward passes by number of images
         self.images = 0
+        self.pending = 0  # submitted, not answered yet (queued, being collected or running)
         self._thread = threading.Thread(target=self._run, name="rtmo-batcher", daemon=True)
         self._thread.start()
 
@@ -78,7 +79,13 @@ class DynamicBatcher:
                 self._queue.put_nowait(job)
             except queue.Full:
                 raise Overloaded(f"server busy: {self._queue.maxsize} requests already queued") from None
+            self.pending += 1
+        job.future.add_done_callback(self._done)
         return job.future
+
+    def _done(self, _: Future) -> None:
+        with self._lock:
+            self.pending -= 1
 
     def close(self, wait: bool = True) -> None:
         """Take no new requests; the worker finishes everything already queued, then stops."""
@@ -97,7 +104,8 @@ class DynamicBatcher:
     def stats(self) -> dict[str, Any]:
         passes = sum(self.batch_sizes.values())
         return {"max_batch": self.max_batch, "batch_timeout_ms": self.timeout_s * 1000.0,
-                "queued": self.queued, "images": self.images, "forward_passes": passes,
+                "queued": self.queued, "pending": self.pending, "images": self.images,
+                "forward_passes": passes,
                 "mean_batch": round(self.images / passes, 3) if passes else 0.0,
                 "batch_sizes": {str(k): v for k, v in sorted(self.batch_sizes.items())}}
 
