@@ -269,6 +269,46 @@ def test_batching_same_numbers_as_one_by_one(model, images):
         _assert_same_up_to_batch_rounding(a, infer_arrays(model, [arr])[0], p.name)
 
 
+def test_batcher_bounds_its_queue_and_drains_on_close(monkeypatch):
+    """With a stand-in model: a full queue refuses at once (503 upstream), a cancelled request is skipped,
+    close() still answers everything queued, then refuses; a failing batch is retried image by image."""
+    from rtmo.serve import batching
+
+    entered, gate = threading.Event(), threading.Event()
+
+    def fake_infer(model, images, threshold, nms_threshold):
+        entered.set()
+        gate.wait(30)
+        if any(int(im[0, 0, 0]) == 9 for im in images):
+            raise ValueError("bad image")
+        return [int(im[0, 0, 0]) for im in images]
+
+    monkeypatch.setattr(batching, "infer_arrays", fake_infer)
+    img = [np.full((2, 2, 3), i, np.uint8) for i in range(10)]
+    b = DynamicBatcher(None, max_batch=2, timeout_ms=0, max_queue=3)
+    f0 = b.submit(img[0])
+    assert entered.wait(10)  # the worker holds job 0; the queue is empty again
+    f1, f2, f3 = (b.submit(img[i]) for i in (1, 2, 3))
+    with pytest.raises(batching.Overloaded):
+        b.submit(img[4])
+    assert f2.cancel() and b.stats()["pending"] == 3
+    closer = threading.Thread(target=b.close)
+    closer.start()  # blocks on the full queue until the worker moves on
+    gate.set()
+    closer.join(30)
+    assert (f0.result(), f1.result(), f3.result()) == (0, 1, 3) and f2.cancelled()
+    with pytest.raises(batching.BatcherClosed):
+        b.submit(img[5])
+    assert b.stats()["pending"] == 0
+
+    b = DynamicBatcher(None, max_batch=4, timeout_ms=2000)
+    futures = [b.submit(img[i]) for i in (5, 9, 6)]
+    b.close()
+    assert futures[0].result() == 5 and futures[2].result() == 6
+    with pytest.raises(ValueError, match="bad image"):
+        futures[1].result()
+
+
 def test_batching_through_http_and_mixed_thresholds(model, images):
     """Concurrent HTTP requests share forward passes; requests with other thresholds are run apart."""
     from rtmo.infer.results import PoseResult

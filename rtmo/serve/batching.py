@@ -89,11 +89,11 @@ class DynamicBatcher:
 
     def close(self, wait: bool = True) -> None:
         """Take no new requests; the worker finishes everything already queued, then stops."""
-        with self._lock:
+        with self._lock:  # after this no submit gets in: every job queued so far precedes the stop marker
             if self._closed:
                 return
             self._closed = True
-            self._queue.put(_STOP)  # blocks while full: queued jobs are still served first
+        self._queue.put(_STOP)  # blocks while full (outside the lock: finishing jobs take it, see _done)
         if wait:
             self._thread.join()
 
