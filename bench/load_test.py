@@ -10,8 +10,9 @@ after --seconds, whichever comes first, once per server, alternating which goes 
 (the machine may be shared: ratios from alternating rounds are fairer than absolute numbers). Each client
 is a thread with its own keep-alive connection sending the next image as soon as the last one is answered.
 Throughput = answered images / wall time of the level; latency = per-request time on the client.
-Both servers are stopped (SIGTERM) at the end, also on errors or Ctrl-C. Results go to
-bench/results/load_test.json.
+Both servers are stopped (SIGTERM) at the end, also on errors or Ctrl-C. Before the servers start, the
+model alone is timed in this process (a batch of --max-batch images vs one by one): the most batching can
+gain here. Results go to bench/results/load_test.json.
 
 Without --model the RTMO-t fixture checkpoint (../shared/fixtures) is served; its weights are random, so the
 score threshold is raised (--threshold 0.5) to keep the number of people per image near a real model's.
@@ -110,6 +111,34 @@ def run_level(url: str, images: list[bytes], clients: int, max_requests: int, ma
             "mean_ms": round(statistics.fmean(lat) * 1e3, 1) if lat else None}
 
 
+def model_reference(model_path: str, images: list[bytes], max_batch: int, threads: int,
+                    threshold: float | None, rounds: int = 3) -> dict:
+    """The model alone, in this process, before the servers start: `infer_arrays` on `max_batch` images as
+    one batch vs one by one (alternating, median of `rounds`) — the most batching can gain on this machine."""
+    import torch
+
+    from rtmo import ModelManager
+    from rtmo.infer.api import infer_arrays
+    from rtmo.serve.decode import decode_image
+
+    torch.set_num_threads(threads)
+    model = ModelManager.get(model_path, device="cpu")
+    arrays = [decode_image(images[i % len(images)]) for i in range(max_batch)]
+    infer_arrays(model, arrays[:2], threshold)
+    batched, single = [], []
+    for _ in range(rounds):
+        t = time.perf_counter()
+        infer_arrays(model, arrays, threshold)
+        batched.append((time.perf_counter() - t) / len(arrays))
+        t = time.perf_counter()
+        for a in arrays:
+            infer_arrays(model, [a], threshold)
+        single.append((time.perf_counter() - t) / len(arrays))
+    b, s = statistics.median(batched) * 1e3, statistics.median(single) * 1e3
+    return {"batch": max_batch, "ms_per_image_batched": round(b, 1), "ms_per_image_single": round(s, 1),
+            "ratio": round(s / b, 2)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=str(FIXTURE))
@@ -132,6 +161,11 @@ def main() -> None:
         raise SystemExit(f"no .jpg images under {args.images}")
     levels = [int(c) for c in args.clients.split(",")]
 
+    ref = model_reference(args.model, images, args.max_batch, args.threads, args.threshold) \
+        if args.device == "cpu" else None
+    if ref:
+        print(f"model alone: {ref['ms_per_image_batched']} ms/img in batches of {ref['batch']}, "
+              f"{ref['ms_per_image_single']} ms/img one by one (x{ref['ratio']})", flush=True)
     servers: dict[str, Server] = {}
     try:
         servers["batched"] = Server(args.model, args.max_batch, args.batch_timeout_ms, args.threads,
@@ -185,7 +219,8 @@ def main() -> None:
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
                     "python": platform.python_version(),
                     "note": "shared machine: other jobs ran at the same time; compare ratios"},
-        "settings": {k: v for k, v in vars(args).items() if k != "out"}, "summary": summary, "runs": runs,
+        "settings": {k: v for k, v in vars(args).items() if k != "out"}, "model_alone": ref,
+        "summary": summary, "runs": runs,
     }, indent=1))
     os.replace(tmp, out)
     print(f"wrote {out}")
