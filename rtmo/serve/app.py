@@ -139,7 +139,8 @@ async def read_upload(request: Request, limit: int) -> tuple[bytes, str, dict[st
     if ctype and ctype not in (*ACCEPTED_TYPES, "application/octet-stream"):
         raise HTTPException(415, f"content type {ctype!r} is not accepted: send a JPEG, PNG or WebP image as "
                                  "multipart field `file`, or as the raw body with Content-Type "
-                                 "image/jpeg, image/png or image/webp")
+                                 "image/jpeg, image/png or image/webp (curl --data-binary needs "
+                                 "-H 'Content-Type: image/jpeg')")
     return await _read_body(request, limit, "the body"), "request body", {}
 
 
