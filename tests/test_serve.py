@@ -439,6 +439,7 @@ def test_cli_errors_are_one_line(images):
         busy.listen(1)
         port = busy.getsockname()[1]
         for args, words in ((["--max-batch", "0"], "--max-batch must be >= 1"),
+                            (["--device", "cuda:7"], "device 'cuda:7'"),
                             (["--port", str(port)], f"cannot listen on 127.0.0.1:{port}")):
             p = subprocess.run([sys.executable, "-m", "rtmo", "serve", "-m", str(fixture_checkpoint("t")),
                                 *args], capture_output=True, text=True, timeout=60, env=env)

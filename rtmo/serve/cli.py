@@ -85,11 +85,13 @@ def run_serve(args: argparse.Namespace) -> int:
         from .app import create_app
     except ImportError as e:
         raise ValueError(f"rtmo serve needs the serve extra: pip install 'rtmo[serve]' ({e})") from None
+    from ..device import resolve_device
     from ..zoo import ModelManager
 
+    device = resolve_device(args.device)  # a missing GPU is one clear line, before anything else
     sock = _listen(args.host, args.port)
     try:
-        model = ModelManager.get(args.model, device=args.device)
+        model = ModelManager.get(args.model, device=device)
         app = create_app(model, max_batch=args.max_batch, batch_timeout_ms=args.batch_timeout_ms,
                          max_upload_mb=args.max_upload_mb, threshold=args.threshold,
                          nms_threshold=args.nms_threshold, max_queue=args.max_queue,
