@@ -554,8 +554,15 @@ def add_benchmark(sub: Any) -> argparse.ArgumentParser:
     return add_benchmark_parser(sub)
 
 
+def add_serve(sub: Any) -> argparse.ArgumentParser:
+    from .serve.cli import add_serve as _add_serve
+
+    return _add_serve(sub)
+
+
 COMMANDS: list[Callable[[Any], argparse.ArgumentParser]] = [add_predict, add_models, add_val, add_train,
                                                             add_export, add_benchmark]
+COMMANDS.append(add_serve)  # issue 14
 
 
 def build_parser() -> argparse.ArgumentParser:
