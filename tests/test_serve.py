@@ -26,7 +26,7 @@ pytest.importorskip("multipart")
 from fastapi.testclient import TestClient  # noqa: E402
 
 from rtmo.infer.api import infer, infer_arrays  # noqa: E402
-from rtmo.infer.image import read_image  # noqa: E402
+from rtmo.infer.image import decode_image, read_image  # noqa: E402
 from rtmo.serve.app import create_app  # noqa: E402
 from rtmo.serve.batching import DynamicBatcher  # noqa: E402
 from rtmo.serve.decode import header_size  # noqa: E402
@@ -445,3 +445,16 @@ def test_cli_errors_are_one_line(images):
                                 *args], capture_output=True, text=True, timeout=60, env=env)
             assert p.returncode == 2 and words in p.stderr, p.stderr
             assert len(p.stderr.strip().splitlines()) == 1, p.stderr
+
+
+def test_phone_photo_orientation_as_in_predict(client, model, images):
+    """An upload is decoded like a file: a photo tagged "rotate 90 degrees" comes back upright, with the
+    poses `infer` gives on the same bytes read from disk."""
+    from .exif_util import with_orientation
+
+    data = with_orientation(images[0].read_bytes(), 6)
+    r = client.post("/predict", files={"file": ("phone.jpg", data, "image/jpeg")})
+    assert r.status_code == 200, r.text
+    h, w = cv2.imdecode(np.frombuffer(images[0].read_bytes(), np.uint8), cv2.IMREAD_COLOR).shape[:2]
+    assert (r.json()["width"], r.json()["height"]) == (h, w)
+    assert r.json()["detections"] == infer(model, decode_image(data)).to_dict()["detections"]

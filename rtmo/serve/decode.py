@@ -1,15 +1,12 @@
-"""Uploaded bytes -> BGR uint8 image, with the same rules as `rtmo.infer.image.read_image` for files.
-
-`read_image` takes a path; uploads arrive as bytes. This is its byte-level twin (same decoder flags, same
-truncation check, same normalisation), kept here until image.py offers a bytes decoder of its own.
-"""
+"""Uploads: the formats the server accepts and a size check from the header, before the one decoder
+(`rtmo.infer.image.decode_image`, the same as for files: EXIF orientation, truncation, trailing data)."""
 
 from __future__ import annotations
 
-import cv2
 import numpy as np
 
-from ..infer.image import ImageError, _is_truncated, to_bgr_uint8
+from ..infer.image import ImageError
+from ..infer.image import decode_image as decode_bytes
 
 # What the server accepts: magic bytes -> format name. Anything else is refused before decoding.
 _FORMATS = {"jpeg": (b"\xff\xd8\xff",), "png": (b"\x89PNG\r\n\x1a\n",)}
@@ -72,10 +69,4 @@ def decode_image(data: bytes, name: str = "upload", max_pixels: int | None = Non
     if max_pixels is not None and size is not None and size[0] * size[1] > max_pixels:
         raise ImageError(f"{name}: {size[0]}x{size[1]} is {size[0] * size[1] / 1e6:.0f} megapixels; the "
                          f"limit is {max_pixels / 1e6:.0f} (rtmo serve --max-megapixels)")
-    buf = np.frombuffer(data, dtype=np.uint8)
-    if _is_truncated(buf):
-        raise ImageError(f"{name}: truncated image file (the end-of-image marker is missing)")
-    img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
-    if img is None:
-        raise ImageError(f"{name}: not a readable image (corrupt, truncated or unsupported format)")
-    return to_bgr_uint8(img, name)
+    return decode_bytes(data, name)

@@ -80,7 +80,8 @@ async function predictFile(file) {
     return;
   }
   const rtt = performance.now() - t0;
-  const bitmap = await createImageBitmap(file, { imageOrientation: "none" });
+  // The server applies the EXIF orientation (as mmpose decodes photos), so the page draws upright too.
+  const bitmap = await createImageBitmap(file, { imageOrientation: "from-image" });
   canvas.width = answer.width;
   canvas.height = answer.height;
   const ctx = canvas.getContext("2d");
