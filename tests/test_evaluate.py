@@ -441,3 +441,44 @@ def test_rtmo_val_command(tmp_path, capsys):
     assert main(["val", str(COCO_ANN), "--ann", str(COCO_ANN), "--results", str(res)]) == 2
     assert main(["val", "--results", str(res)]) == 2
     assert "annotation file" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("change, match", [
+    (lambda g: g["annotations"][0].update(area=-5.0), r"\[0\]: 'area' must be a finite number >= 0"),
+    (lambda g: g["annotations"][1]["bbox"].__setitem__(2, -3.0), r"annotations\[1\]: 'bbox' has a negative"),
+    (lambda g: g["annotations"][1].update(id=g["annotations"][0]["id"]), r"\[1\] repeats annotation"),
+    (lambda g: g["annotations"][0].update(iscrowd="no"), r"annotations\[0\]: 'iscrowd' must be 0 or 1"),
+    (lambda g: g["images"].append(dict(g["images"][0])), r"repeats image id"),
+    (lambda g: g["annotations"][0].update(category_id=7), r"category_id 7 is not in 'categories'"),
+])
+def test_bad_ground_truth_named_by_file_and_annotation(tmp_path, change, match):
+    """Each of these used to give every metric -1 or a wrong AP (duplicate ids: 0.007 for perfect
+    results) with exit 0; now one line naming the file and the annotation, exit 2."""
+    from rtmo.cli import main
+
+    gt = _load(COCO_ANN)
+    preds = gt_as_predictions(gt)
+    change(gt)
+    ann = tmp_path / "gt.json"
+    ann.write_text(json.dumps(gt))
+    with pytest.raises(EvaluationError, match=match):
+        evaluate_coco(ann, preds)
+    res = tmp_path / "res.json"
+    res.write_text(json.dumps(preds))
+    assert main(["val", str(ann), "--results", str(res)]) == 2
+
+
+def test_deeply_nested_json_and_bad_output(tmp_path, capsys):
+    from rtmo.cli import main
+
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100000 + "]" * 100000)
+    with pytest.raises(EvaluationError, match="deep.json: JSON nested too deeply"):
+        evaluate_coco(deep, [])
+    gt = _load(COCO_ANN)
+    res = tmp_path / "res.json"
+    res.write_text(json.dumps(gt_as_predictions(gt)))
+    assert main(["val", str(COCO_ANN), "--results", str(res), "-o", str(tmp_path)]) == 2
+    assert "is a folder, not a file" in capsys.readouterr().err
+    assert main(["val", str(COCO_ANN), "--results", str(res), "-o", str(res / "m.json")]) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err

@@ -63,6 +63,19 @@ def check_output_dir(path: str | os.PathLike, what: str = "--output") -> Path:
     return p
 
 
+def check_output_file(path: str | os.PathLike, what: str = "output file") -> Path:
+    """`path` as a file to be written: refuses a folder, or a path below a file, with one line."""
+    p = Path(path)
+    if p.is_dir():
+        raise OutputError(f"{what} {p}: is a folder, not a file")
+    for parent in p.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise OutputError(f"{what} {p}: {parent} is a file, not a folder")
+            break
+    return p
+
+
 def write_bytes_atomic(path: Path, data: bytes) -> None:
     """Write `data` to a temp file in `path`'s folder, then rename: a crash or a full disk never leaves a
     torn file under the final name. Raises `OutputError` naming the path."""
