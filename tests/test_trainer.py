@@ -7,6 +7,7 @@ import json
 import math
 import os
 import socket
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -402,3 +403,32 @@ def test_cpu_bf16_autocast_is_opt_in(tmp_path):
     # bf16 keeps ~3 significant digits: same losses to 2e-2, but not bit-identical (autocast was active)
     np.testing.assert_allclose(runs[True], runs[False], rtol=2e-2)
     assert runs[True] != runs[False]
+
+
+@pytest.mark.parametrize("section, line, match", [
+    ("schedule", "epochs = -5", r"schedule.epochs = -5: must be >= 1"),
+    ("", "input_size = [100, 100]", r"input_size\[0\] = 100: must be a positive multiple of 32"),
+    ("", "input_size = [0, 0]", r"input_size\[0\] = 0"),
+    ("augment", "multiscale_range = [800, 480]", r"multiscale_range = \[800, 480\]: must be \[low, high\]"),
+    ("augment", "size_divisor = 0", r"size_divisor = 0: must be >= 1"),
+    ("augment", "size_divisor = 16", r"size_divisor = 16: multi-scale sizes"),
+    ("data", "batch_size = 0", r"data.batch_size = 0"),
+    ("optim", "lr = -1.0", r"optim.lr = -1.0"),
+])
+def test_bad_recipes_fail_at_load_time(tmp_path, section, line, match):
+    """Each of these used to exit 0 having trained nothing, or die later in a ZeroDivisionError /
+    randrange error / shape error; now one line naming the file and the field, exit 2, at load time."""
+    import subprocess
+    import sys
+
+    toml = tmp_path / "bad.toml"
+    toml.write_text(f"[{section}]\n{line}\n" if section else f"{line}\n")
+    with pytest.raises(ValueError, match=match):
+        TrainRecipe.load(toml)
+    if section == "schedule":  # once through the CLI, as typed: exit 2, one line, no model built
+        r = subprocess.run([sys.executable, "-m", "rtmo", "train", str(toml), "-o", str(tmp_path / "run")],
+                           capture_output=True, text=True, timeout=120,
+                           env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+        lines = r.stderr.strip().splitlines()
+        assert r.returncode == 2 and len(lines) == 1 and "bad.toml" in lines[0] and "epochs" in lines[0]
+        assert not (tmp_path / "run").exists()
