@@ -126,6 +126,9 @@ class ScheduleRecipe:
     cosine2: tuple[int, int, int] = (281, 580, 300)
     head_switch_epoch: int = 280  # RTMOModeSwitchHook (0-based, acts before the epoch)
     num_last_epochs: int = 20  # YOLOXPoseModeSwitchHook: fires at epoch + 1 == epochs - num_last_epochs
+    # never let a group's lr exceed its base lr (set by `scale_epochs` for short runs; the official
+    # schedule decays far enough before the bump that it never needs it)
+    cap_at_base: bool = False
 
     @property
     def data_switch_epoch(self) -> int:
