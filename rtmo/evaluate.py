@@ -417,13 +417,26 @@ def evaluate_model(model: Any, images_dir: str | os.PathLike, ann_file: AnnSourc
                               f"{gt['_num_keypoints']}")
     records = predict_dataset(model, images_dir, gt, batch_size, shard=(du.get_rank(), du.world_size()))
     parts = du.gather_objects(records)
-    metrics = None
+    metrics: Any = None
     if parts is not None:
         records = [r for part in parts for r in part]
         if results_file is not None:
             _write_json_atomic(results_file, records)
-        metrics = evaluate(gt, records, protocol, sigmas)
-    return du.broadcast_object(metrics)
+        # Rank 0 scores; a failure there is handed to every rank, so all raise the same error together
+        # instead of the others waiting forever for the metrics.
+        try:
+            bad = sum(not all(math.isfinite(v) for v in (*r["keypoints"], r["score"], *r.get("bbox", ())))
+                      for r in records)
+            if bad:
+                raise EvaluationError(f"{bad} of {len(records)} predictions hold NaN or infinite values (the "
+                                      "weights have diverged?): AP is not computable")
+            metrics = evaluate(gt, records, protocol, sigmas)
+        except EvaluationError as e:
+            metrics = {"__error__": str(e)}
+    metrics = du.broadcast_object(metrics)
+    if "__error__" in metrics:
+        raise EvaluationError(metrics["__error__"])
+    return metrics
 
 
 # ---------------------------------------------------------------------------------------------

@@ -532,3 +532,15 @@ def test_training_survives_nan_validation_and_a_nan_loss(tmp_path, caplog):
     assert len(vals) == 2 and all(r["AP"] is None and "finite" in r["error"] for r in vals)
     assert torch.load(tmp_path / "last.pth", weights_only=True)["epoch"] == 2
     assert not (tmp_path / "best.pth").exists()  # nothing to rank by
+
+
+def test_worker_errors_reach_the_user_as_one_line(tmp_path):
+    class Broken(ToyDataset):
+        def __getitem__(self, i):
+            raise FileNotFoundError("data/x.jpg: 12 of 40 training images cannot be read")
+
+    data = TrainData(build_dataset=lambda stage: Broken(), collate_fn=toy_collate)
+    tr = Trainer(ToyNet(), toy_recipe(epochs=1), data, tmp_path, workers=1, progress=False)
+    with pytest.raises(FileNotFoundError) as e:
+        tr.fit()
+    assert str(e.value) == "data/x.jpg: 12 of 40 training images cannot be read"

@@ -409,7 +409,10 @@ class Trainer:
             seed = self._epoch_seed(epoch)
             seed_everything(seed)  # augmentation and multi-scale draws depend on (seed, epoch, rank) only
             loader.generator.manual_seed(seed)  # worker seeds for this epoch
-            self._train_epoch(loader, epoch)
+            try:
+                self._train_epoch(loader, epoch)
+            except Exception as e:
+                raise _unwrap_worker_error(e) from None
             self.epoch = epoch + 1
             metrics = self._maybe_validate(epoch)
             self._save(epoch, metrics)
@@ -656,6 +659,22 @@ class Trainer:
                 self._metrics.close()
             if self._tb is not None:
                 self._tb.close()
+
+
+def _unwrap_worker_error(e: Exception) -> Exception:
+    """A DataLoader worker's exception re-raised in the main process carries the worker's whole traceback
+    in its message; give back the original one-line message (same type) so the user sees the problem."""
+    msg = str(e)
+    if not (msg.startswith("Caught ") and "Original Traceback" in msg):
+        return e
+    last = msg.strip().splitlines()[-1]
+    name = type(e).__name__
+    if ": " in last and last.split(": ", 1)[0].rsplit(".", 1)[-1] == name:
+        last = last.split(": ", 1)[1]
+    try:
+        return type(e)(last)
+    except Exception:  # noqa: BLE001 - an exception type with another signature: keep it as it is
+        return e
 
 
 def _hms(seconds: float) -> str:
