@@ -92,6 +92,8 @@ def results_to_coco(results: Sequence[PoseResult], image_ids: Sequence[int], cat
 
 def _read_json(path: str | os.PathLike, what: str) -> Any:
     p = Path(path)
+    if p.is_dir():
+        raise EvaluationError(f"{what} {p}: is a folder, not a JSON file")
     if not p.is_file():
         raise EvaluationError(f"{what} {p}: no such file")
     try:

@@ -201,7 +201,7 @@ def _read_url_image(url: str, timeout: float | None = None, max_bytes: int | Non
                     break
                 size += len(chunk)
                 if size > max_bytes:
-                    raise ImageError(f"{url}: larger than {max_bytes // 2**20} MB, not an image to download")
+                    raise ImageError(f"{url}: larger than {max_bytes:,} bytes, not an image to download")
                 chunks.append(chunk)
     except (OSError, ValueError) as e:  # URLError, timeouts, resets, malformed URLs / responses
         if isinstance(e, ImageError):

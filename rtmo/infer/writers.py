@@ -120,7 +120,9 @@ class ImageIds:
             try:
                 data = json.loads(Path(ann_file).read_text())
                 self.by_name = {Path(im["file_name"]).name: int(im["id"]) for im in data["images"]}
-            except (OSError, ValueError, KeyError, TypeError, RecursionError) as e:
+            except RecursionError:
+                raise ValueError(f"{ann_file}: JSON nested too deeply to be a COCO annotation file") from None
+            except (OSError, ValueError, KeyError, TypeError) as e:
                 raise ValueError(f"{ann_file}: not a COCO annotation file with images/file_name/id "
                                  f"({' '.join(str(e).split())[:200]})") from None
         stems = [Path(n).stem for n in names or () if isinstance(n, str)]

@@ -776,6 +776,8 @@ def train(recipe: TrainRecipe | str | Path, *, data_root: str | Path | None = No
     """
     from ..model import RTMO
 
+    if workers is not None and workers < 0:
+        raise ValueError(f"workers (--workers) must be >= 0, got {workers}")
     if not isinstance(recipe, TrainRecipe):
         recipe = TrainRecipe.load(recipe)
     over: dict[str, Any] = {}
@@ -820,6 +822,11 @@ def train(recipe: TrainRecipe | str | Path, *, data_root: str | Path | None = No
     out_dir = Path(out_dir)
     if resume is True:
         resume = out_dir / "last.pth"
+    # Checked before any data is read or weights are downloaded: a wrong folder or file fails at once.
+    if int(os.environ.get("RANK", "0")) == 0:
+        check_run_dir(out_dir, resume=bool(resume))
+    if resume:
+        load_checkpoint(resume)
     if data is None:
         data = default_train_data(recipe)
     kinfo = getattr(data.build_dataset(1), "keypoint_info", None)
