@@ -4,7 +4,8 @@ Nothing existing is ever overwritten (inputs included): a name already taken get
 Nothing is lost or torn when a run is stopped: every image's records go to `predictions.jsonl` (one COCO
 record a line, flushed) as soon as they exist; `close()` assembles `predictions.json` from them atomically
 (temp file + rename) and removes the lines file. A run killed with SIGKILL leaves `predictions.jsonl`
-(every record written before the kill); drawn images are written atomically too. Drawn videos of files are
+(every record written before the kill, one flushed write per image, so at most the last line can be torn);
+drawn images are written atomically too. Drawn videos of files are
 `.mp4` (finalised on close, which Ctrl-C and SIGTERM reach; SIGKILL leaves it unplayable, there is no moov
 atom yet); live sources (cameras, streams), which are usually ended by stopping the process, are written as
 Matroska `.mkv`, which stays playable up to the last frame written whatever ends the process.
@@ -225,9 +226,10 @@ class PredictionWriter:
             raise OutputError(f"{p}: cannot write ({e.strerror or e})") from None
 
     @staticmethod
-    def _write_line(f: TextIO, obj: Any, path: Path) -> None:
+    def _write_lines(f: TextIO, objs: Sequence[Any], path: Path) -> None:
+        """One JSON line per object, written and flushed together (one image's records, one frame)."""
         try:
-            f.write(json.dumps(obj) + "\n")
+            f.write("".join(json.dumps(obj) + "\n" for obj in objs))
             f.flush()  # a run may be stopped at any time: keep every line written
         except OSError as e:
             raise OutputError(f"{path}: cannot write ({e.strerror or e})") from None
@@ -272,11 +274,11 @@ class PredictionWriter:
                     raise OutputError(f"{path}: cannot encode the drawn image")
                 write_bytes_atomic(path, buf.tobytes())
             if records is not None:
+                # in memory first: a stop while the lines are written still finds the image in the array
+                self.records.extend(records)
                 if self._pred_lines is None:
                     self._pred_lines_path, self._pred_lines = self._open("predictions.jsonl")
-                for r in records:
-                    self._write_line(self._pred_lines, r, self._pred_lines_path)
-                self.records.extend(records)
+                self._write_lines(self._pred_lines, records, self._pred_lines_path)
             self.n_images += 1
         else:
             stem = _safe_stem(info.name)
@@ -290,7 +292,7 @@ class PredictionWriter:
                 if self._jsonl is None:
                     path, self._jsonl = self._open(stem + ".jsonl")
                     self._jsonl_path = path
-                self._write_line(self._jsonl, frame_record(result, info), self._jsonl_path)
+                self._write_lines(self._jsonl, [frame_record(result, info)], self._jsonl_path)
         return drawn
 
     def close(self) -> list[Path]:
