@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from ..checkpoint import CheckpointError
 from ..checkpoint import load_checkpoint as read_checkpoint_file
 from ..config import ResNetConfig, RTMOConfig
+from ..device import resolve_device
 from ..evaluate import EvaluationError
 from . import distributed as du
 from .ema import ModelEMA
@@ -778,6 +779,8 @@ def train(recipe: TrainRecipe | str | Path, *, data_root: str | Path | None = No
 
     if workers is not None and workers < 0:
         raise ValueError(f"workers (--workers) must be >= 0, got {workers}")
+    if device is not None:
+        resolve_device(device)  # a device this machine lacks fails now, not after the data is read
     if not isinstance(recipe, TrainRecipe):
         recipe = TrainRecipe.load(recipe)
     over: dict[str, Any] = {}
