@@ -482,3 +482,17 @@ def test_deeply_nested_json_and_bad_output(tmp_path, capsys):
     assert "is a folder, not a file" in capsys.readouterr().err
     assert main(["val", str(COCO_ANN), "--results", str(res), "-o", str(res / "m.json")]) == 2
     assert "is a file, not a folder" in capsys.readouterr().err
+
+
+def test_nan_predictions_are_one_error_on_every_rank():
+    """Diverged weights predict NaN: evaluate_model raises one EvaluationError (rank 0 hands it to every
+    rank, so none waits forever), which the trainer records as 'AP not computable'."""
+    gt = _load(COCO_ANN)
+    model = _OracleModel(gt, COCO_KEYPOINTS)
+    name = sorted(model.by_name)[0]
+    r = model.by_name[name]
+    model.by_name[name] = PoseResult(boxes=r.boxes, scores=r.scores * np.nan, class_ids=r.class_ids,
+                                     keypoints=r.keypoints, keypoint_scores=r.keypoint_scores,
+                                     image_shape=r.image_shape, keypoint_info=r.keypoint_info)
+    with pytest.raises(EvaluationError, match=r"\d+ of \d+ predictions hold NaN or infinite values"):
+        evaluate_model(model, COCO_ANN.parent, COCO_ANN)
