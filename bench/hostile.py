@@ -372,9 +372,11 @@ def build_cases(f: Files, model: Any) -> list[Case]:
                       cli=["val", str(f.put("val/latin1.json", b'{"images": "\xe9\xe9"}')), "--results",
                            str(res)]))
     cases.append(Case("val gt is a folder", "annotations", cli=["val", str(f.root), "--results", str(res)]))
+    valout = f.root / "valout"  # -o: a metrics file (before issue 10) or a folder with metrics.json (after)
     cases.append(Case("val perfect results = AP 1", "annotations", expect="ok",
-                      cli=["val", str(f.coco_ann), "--results", str(res), "-o", str(f.root / "m.json")],
-                      check=lambda r: json.loads((f.root / "m.json").read_text())["AP"] == 1.0))
+                      cli=["val", str(f.coco_ann), "--results", str(res), "-o", str(valout)],
+                      check=lambda r: json.loads(((valout / "metrics.json") if valout.is_dir() else valout)
+                                                 .read_text())["AP"] == 1.0))
 
     # ---------------------------------------------------------------- results (val)
     bad_res = {
@@ -393,10 +395,8 @@ def build_cases(f: Files, model: Any) -> list[Case]:
     cases.append(Case("val results NaN", "results", cli=["val", str(f.coco_ann), "--results", str(nan_res)]))
     cases.append(Case("val results empty list = AP 0", "results", expect="ok",
                       cli=["val", str(f.coco_ann), "--results", str(f.json("res/empty.json", []))]))
-    cases.append(Case("val -o is a folder", "results",
-                      cli=["val", str(f.coco_ann), "--results", str(res), "-o", str(f.root)]))
     cases.append(Case("val -o below a file", "results",
-                      cli=["val", str(f.coco_ann), "--results", str(res), "-o", str(res / "m.json")]))
+                      cli=["val", str(f.coco_ann), "--results", str(res), "-o", str(res / "sub")]))
 
     # ---------------------------------------------------------------- recipes
     recipes = {
@@ -427,7 +427,7 @@ def build_cases(f: Files, model: Any) -> list[Case]:
     for name, extra in {"--batch-size 0": ["--batch-size", "0"], "--threshold 2": ["--threshold", "2"],
                         "--threshold nan": ["--threshold", "nan"],
                         "--nms-threshold -1": ["--nms-threshold", "-1"],
-                        "--kpt-threshold inf": ["--kpt-threshold", "inf"],
+                        "--threshold inf": ["--threshold", "inf"],
                         "--device cuda:5": ["--device", "cuda:5"], "--device banana": ["--device", "banana"],
                         "--ann missing": ["--save-json", "--ann", str(f.root / "nope.json")],
                         "--ann deep json": ["--save-json", "--ann", str(f.put("deep.json", "[" * 100000))],

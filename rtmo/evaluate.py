@@ -459,17 +459,22 @@ def format_metrics(metrics: dict[str, float], title: str | None = None) -> str:
 
 def _write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
     p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    # temp file in the same directory, then rename: readers never see a half-written file
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        # temp file in the same directory, then rename: readers never see a half-written file
+        fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+    except OSError as e:  # a file where a folder should be, a read-only or full disk
+        raise EvaluationError(f"{p}: cannot write ({e.strerror or e})") from None
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             json.dump(obj, f, indent=2)
             f.write("\n")
         os.replace(tmp, p)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(e, OSError):
+            raise EvaluationError(f"{p}: cannot write ({e.strerror or e})") from None
         raise
 
 

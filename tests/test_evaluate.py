@@ -322,7 +322,7 @@ def test_format_and_write_metrics(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(json, "dump", boom)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(EvaluationError, match=r"m\.json: cannot write \(disk full\)"):  # one line, the path
         write_metrics(p, {"AP": 0.9})
     assert json.loads(p.read_text()) == m  # the old file is untouched
     assert [q.name for q in tmp_path.iterdir()] == ["m.json"]  # and no temp file is left behind
