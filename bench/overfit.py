@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -174,6 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         curve.append({"iter": trainer.iter, **m})
         return m
 
+    shutil.rmtree(args.run_dir, ignore_errors=True)  # a fresh run each time (the trainer refuses to mix runs)
     trainer = Trainer(model, recipe, TrainData(lambda stage: Fixed(samples, ipe), collate), args.run_dir,
                       device=args.device, evaluate=evaluate, progress=False, tensorboard=False)
     trainer.fit()

@@ -9,10 +9,12 @@ unreadable file, bad option) print one line on stderr and exit with 2 — never 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -208,11 +210,15 @@ class _Window:
 def run_predict(args: argparse.Namespace) -> int:
     _check_predict_args(args)
     from .infer.sources import resolve_source
+    from .infer.writers import PredictionWriter
 
     items = resolve_source(args.source)  # before loading the model: a typo fails in a second, not ten
+    # The writer checks -o and --ann before the model loads; it creates nothing until a result exists.
+    writer = PredictionWriter(args.output, args.save, args.save_json, args.draw_threshold, args.ann,
+                              inputs=[it.target for it in items if isinstance(it.target, str)],
+                              image_names=[it.name for it in items if it.kind == "image"])
 
     from .infer.sources import stream_results
-    from .infer.writers import PredictionWriter
     from .zoo import ModelManager
 
     model = ModelManager.get(args.model, device=args.device, progress=not args.quiet)
@@ -224,25 +230,33 @@ def run_predict(args: argparse.Namespace) -> int:
         tqdm.write(f"rtmo: warning: {msg}", file=sys.stderr)  # keeps the progress bar intact
 
     window = _Window() if args.show else None
-    writer = PredictionWriter(args.output, args.save, args.save_json, args.draw_threshold, args.ann,
-                              inputs=[it.target for it in items if isinstance(it.target, str)])
     n_results = n_people = 0
     t0 = time.perf_counter()
-    try:
-        for r in stream_results(model, items, batch_size=args.batch_size, threshold=args.threshold,
-                                nms_threshold=args.nms_threshold, vid_stride=args.vid_stride,
-                                max_frames=args.max_frames, track=args.track, smooth=args.smooth,
-                                keep_images=args.save or bool(window and window.ok),
-                                progress=not args.quiet, on_warning=warn):
-            n_results += 1
-            n_people += len(r)
-            drawn = writer.add(r)
-            if window is not None and drawn is not None and not window.show(r.extra["source"].name, drawn):
-                break
-    finally:
+    with _sigterm_as_interrupt():
+        try:
+            for r in stream_results(model, items, batch_size=args.batch_size, threshold=args.threshold,
+                                    nms_threshold=args.nms_threshold, vid_stride=args.vid_stride,
+                                    max_frames=args.max_frames, track=args.track, smooth=args.smooth,
+                                    keep_images=args.save or bool(window and window.ok),
+                                    progress=not args.quiet, on_warning=warn):
+                drawn = writer.add(r)
+                n_results += 1
+                n_people += len(r)
+                if window is not None and drawn is not None and not window.show(r.extra["source"].name,
+                                                                                 drawn):
+                    break
+        except BaseException:
+            # Stopped (Ctrl-C, SIGTERM) or failed: still finish what was written, so partial results are
+            # valid files; the original error is the one reported.
+            try:
+                writer.close()
+            except Exception as e:  # noqa: BLE001
+                warn(f"while finishing the outputs: {' '.join(str(e).split())}")
+            raise
+        finally:
+            if window is not None:
+                window.close()
         written = writer.close()
-        if window is not None:
-            window.close()
     seconds = time.perf_counter() - t0
     if not args.quiet:
         rate = n_results / seconds if seconds > 0 else 0.0
@@ -253,7 +267,26 @@ def run_predict(args: argparse.Namespace) -> int:
                   + ", ".join(p.name for p in written[:5]) + (" ..." if len(written) > 5 else ""))
         elif not (args.save or args.save_json):
             print("nothing written: add --save and/or --save-json to keep the results")
+    if n_results == 0:
+        raise CLIError(f"{args.source}: no image or frame could be processed")
     return 0
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (`kill`, a container stop) ends a run as Ctrl-C does: the outputs are finished, not torn."""
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread (run_predict called from a worker): leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 # ------------------------------------------------------------------------------------------ models

@@ -80,17 +80,27 @@ def results_to_coco(results: Sequence[PoseResult], image_ids: Sequence[int], cat
 
 def _read_json(path: str | os.PathLike, what: str) -> Any:
     p = Path(path)
+    if p.is_dir():
+        raise EvaluationError(f"{what} {p}: is a folder, not a JSON file")
     if not p.is_file():
         raise EvaluationError(f"{what} {p}: no such file")
     try:
         with open(p, encoding="utf-8") as f:
             return json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise EvaluationError(f"{what} {p}: not valid JSON ({e})") from None
+    except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError, and ints over Python's digit limit
+        raise EvaluationError(f"{what} {p}: not valid JSON ({' '.join(str(e).split())[:200]})") from None
+    except RecursionError:
+        raise EvaluationError(f"{what} {p}: JSON nested too deeply to be a COCO file") from None
+    except OSError as e:
+        raise EvaluationError(f"{what} {p}: cannot be read ({e.strerror or e})") from None
 
 
 def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
 
 
 def load_annotations(ann: AnnSource) -> dict:
@@ -106,8 +116,10 @@ def load_annotations(ann: AnnSource) -> dict:
         raise EvaluationError(f"{name}: no images")
     img_ids = set()
     for i, img in enumerate(data["images"]):
-        if not isinstance(img, dict) or not isinstance(img.get("id"), int):
+        if not isinstance(img, dict) or not _is_int(img.get("id")):
             raise EvaluationError(f"{name}: images[{i}] has no integer 'id'")
+        if img["id"] in img_ids:
+            raise EvaluationError(f"{name}: images[{i}] repeats image id {img['id']}")
         img_ids.add(img["id"])
     cats = data.get("categories")
     if not isinstance(cats, list) or not cats:
@@ -115,9 +127,14 @@ def load_annotations(ann: AnnSource) -> dict:
         cat_ids = sorted({a.get("category_id", 1) for a in data["annotations"] if isinstance(a, dict)}) or [1]
         data["categories"] = [{"id": c, "name": "person"} for c in cat_ids]
     num_kpts = None
-    for c in data["categories"]:
-        if isinstance(c, dict) and isinstance(c.get("keypoints"), list):
+    cat_ids = set()
+    for i, c in enumerate(data["categories"]):
+        if not isinstance(c, dict) or not _is_int(c.get("id")):
+            raise EvaluationError(f"{name}: categories[{i}] has no integer 'id'")
+        cat_ids.add(c["id"])
+        if isinstance(c.get("keypoints"), list):
             num_kpts = len(c["keypoints"])
+    ann_ids: dict[Any, int] = {}
     for i, a in enumerate(data["annotations"]):
         where = f"{name}: annotations[{i}]"
         if not isinstance(a, dict):
@@ -137,9 +154,31 @@ def load_annotations(ann: AnnSource) -> dict:
         bb = a["bbox"]
         if not isinstance(bb, list) or len(bb) != 4 or not all(_is_number(v) for v in bb):
             raise EvaluationError(f"{where}: 'bbox' must be [x, y, w, h]")
-        a.setdefault("id", i + 1)
+        if bb[2] < 0 or bb[3] < 0:
+            raise EvaluationError(f"{where}: 'bbox' has a negative width or height ({bb[2]:g} x {bb[3]:g})")
+        if "area" in a and not (_is_number(a["area"]) and a["area"] >= 0):
+            raise EvaluationError(f"{where}: 'area' must be a finite number >= 0, got {a['area']!r}")
+        # pycocotools indexes by these: a wrong type or a repeat silently corrupts the matching
+        if "id" in a:
+            if not _is_int(a["id"]):
+                raise EvaluationError(f"{where}: 'id' must be an integer, got {a['id']!r}")
+            if a["id"] in ann_ids:
+                raise EvaluationError(f"{where} repeats annotation id {a['id']} (also annotations"
+                                      f"[{ann_ids[a['id']]}])")
+            ann_ids[a["id"]] = i
+        if "iscrowd" in a and (isinstance(a["iscrowd"], str) or a["iscrowd"] not in (0, 1)):
+            raise EvaluationError(f"{where}: 'iscrowd' must be 0 or 1, got {a['iscrowd']!r}")
+        if "category_id" in a and a["category_id"] not in cat_ids:
+            raise EvaluationError(f"{where}: category_id {a['category_id']!r} is not in 'categories'")
+        if "num_keypoints" in a and not (_is_int(a["num_keypoints"]) and a["num_keypoints"] >= 0):
+            raise EvaluationError(f"{where}: 'num_keypoints' must be an integer >= 0, "
+                                  f"got {a['num_keypoints']!r}")
         a.setdefault("category_id", 1)
         a.setdefault("iscrowd", 0)
+    next_id = max((v for v in ann_ids), default=0) + 1
+    for a in data["annotations"]:  # ids for annotations without one, never reusing a given id
+        if "id" not in a:
+            a["id"], next_id = next_id, next_id + 1
     if num_kpts is None:
         raise EvaluationError(f"{name}: cannot tell the number of keypoints (no categories[].keypoints "
                               "and no annotations)")
@@ -368,13 +407,26 @@ def evaluate_model(model: Any, images_dir: str | os.PathLike, ann_file: AnnSourc
                               f"{gt['_num_keypoints']}")
     records = predict_dataset(model, images_dir, gt, batch_size, shard=(du.get_rank(), du.world_size()))
     parts = du.gather_objects(records)
-    metrics = None
+    metrics: Any = None
     if parts is not None:
         records = [r for part in parts for r in part]
         if results_file is not None:
             _write_json_atomic(results_file, records)
-        metrics = evaluate(gt, records, protocol, sigmas)
-    return du.broadcast_object(metrics)
+        # Rank 0 scores; a failure there is handed to every rank, so all raise the same error together
+        # instead of the others waiting forever for the metrics.
+        try:
+            bad = sum(not all(math.isfinite(v) for v in (*r["keypoints"], r["score"], *r.get("bbox", ())))
+                      for r in records)
+            if bad:
+                raise EvaluationError(f"{bad} of {len(records)} predictions hold NaN or infinite values (the "
+                                      "weights have diverged?): AP is not computable")
+            metrics = evaluate(gt, records, protocol, sigmas)
+        except EvaluationError as e:
+            metrics = {"__error__": str(e)}
+    metrics = du.broadcast_object(metrics)
+    if "__error__" in metrics:
+        raise EvaluationError(metrics["__error__"])
+    return metrics
 
 
 # ---------------------------------------------------------------------------------------------
@@ -395,17 +447,22 @@ def format_metrics(metrics: dict[str, float], title: str | None = None) -> str:
 
 def _write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
     p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    # temp file in the same directory, then rename: readers never see a half-written file
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        # temp file in the same directory, then rename: readers never see a half-written file
+        fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+    except OSError as e:  # a file where a folder should be, a read-only or full disk
+        raise EvaluationError(f"{p}: cannot write ({e.strerror or e})") from None
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             json.dump(obj, f, indent=2)
             f.write("\n")
         os.replace(tmp, p)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(e, OSError):
+            raise EvaluationError(f"{p}: cannot write ({e.strerror or e})") from None
         raise
 
 
@@ -426,6 +483,10 @@ def run_val(ann: str | os.PathLike, results: str | os.PathLike | None = None, mo
     on `images`; prints the table, writes `output` (JSON) when given, returns the metrics."""
     if (results is None) == (model is None):
         raise EvaluationError("give exactly one of a results file or a model")
+    if output is not None:  # before a long evaluation, not after it
+        from .infer.writers import check_output_file
+
+        check_output_file(output, "metrics file")
     if results is not None:
         metrics = evaluate(ann, results, protocol)
     else:

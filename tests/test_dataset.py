@@ -318,3 +318,80 @@ def test_build_train_data_from_recipe(coco):
     images, targets = data.collate_fn([d2[1], d2[2]])
     assert targets[0].heatmap_mask.shape == (416, 416)
     assert data.build_dataset(1) is d1  # built once
+
+
+# ----------------------------------------------------------------------------------------- robustness
+def test_mpii_list_format_as_mmpose_reads_it(tmp_path):
+    """mmpose's MpiiDataset: scale x 200 px, centre y + 15 px per 200 px of scale, centre - 1 (MATLAB),
+    box = centre +- scale / 2, area 0.53 x box; two people of one image form one record."""
+    joints = [[30.0 + j, 40.0 + j] for j in range(16)]
+    anns = [{"image": "015601864.jpg", "center": [100.0, 80.0], "scale": 1.0, "joints": joints,
+             "joints_vis": [1] * 15 + [0]},
+            {"image": "015601864.jpg", "center": [300.0, 200.0], "scale": 0.5, "joints": joints,
+             "joints_vis": [1] * 16},
+            {"image": "000000002.jpg", "center": [50.0, 50.0], "scale": 0.25, "joints": joints,
+             "joints_vis": [1] * 16}]
+    p = tmp_path / "mpii_train.json"
+    p.write_text(json.dumps(anns))
+    conv = KeypointConverter(17, BODY7_TO_COCO["mpii"])
+    ds = CocoPoseDataset(p, tmp_path, converter=conv)
+    assert len(ds) == 2 and ds.records[0].path.endswith("015601864.jpg")
+    # person 1: centre (100, 80 + 15) - 1 = (99, 94), side 200 -> [-1, -6, 199, 194] (no clipping)
+    # person 2: centre (300, 200 + 7.5) - 1 = (299, 206.5), side 100 -> [249, 156.5, 349, 256.5]
+    np.testing.assert_allclose(ds.records[0].bboxes, [[-1, -6, 199, 194], [249, 156.5, 349, 256.5]])
+    np.testing.assert_allclose(ds.records[0].areas, [0.53 * 200 * 200, 0.53 * 100 * 100], rtol=1e-6)
+    np.testing.assert_allclose(ds.records[0].keypoints[0], joints)  # joints are not shifted
+    assert ds.records[0].keypoints_visible[0].tolist() == [1] * 15 + [0]
+    assert ds.keypoint_info.num_keypoints == 17
+
+
+def test_jhmdb_boxes_and_keypoints_lose_the_matlab_one(tmp_path):
+    names = [f"j{i}" for i in range(15)]
+    kp = []
+    for j in range(15):
+        kp += [11.0 + j, 21.0 + j, 2]
+    ann = {"id": 1, "image_id": 1, "category_id": 1, "bbox": [11, 21, 50, 50], "keypoints": kp,
+           "num_keypoints": 15, "iscrowd": 0, "area": 900.0}
+    p = _write(tmp_path, [ann], names=names)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # custom set without sigmas
+        plain = CocoPoseDataset(p, tmp_path)
+        ds = CocoPoseDataset(p, tmp_path, one_based=True)
+    np.testing.assert_allclose(plain.records[0].bboxes[0], [11, 21, 61, 71])
+    np.testing.assert_allclose(ds.records[0].bboxes[0], [10, 20, 60, 70])
+    np.testing.assert_allclose(ds.records[0].keypoints[0, 0], [10, 20])
+    np.testing.assert_allclose(ds.records[0].keypoints[0] + 1, plain.records[0].keypoints[0])
+
+
+def test_no_usable_annotation_is_an_error(tmp_path):
+    anns = [_ann(1, iscrowd=1), _ann(2, num_keypoints=0, keypoints=[0] * 51), _ann(3, bbox=[1, 1, -5, 2])]
+    with pytest.raises(ValueError, match="ann.json: no usable person annotation"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            CocoPoseDataset(_write(tmp_path, anns), tmp_path)
+
+
+def test_unreadable_training_images_skipped_up_to_a_cap(tmp_path, monkeypatch):
+    """A truncated JPEG (which OpenCV alone would decode into a half-grey picture) is found by the
+    inference decoder, reported by name and replaced by the next image; past the cap, training stops
+    with one message naming the file. Missing files are found before the first step."""
+    import rtmo.train.dataset as dsmod
+
+    src = COCO_DIR / "000000000785.jpg"
+    if not src.exists():
+        pytest.skip(f"{src} not found")
+    for name in ("a.jpg", "c.jpg"):
+        (tmp_path / name).write_bytes(src.read_bytes())
+    (tmp_path / "b.jpg").write_bytes(src.read_bytes()[:5000])  # cut off: no end-of-image marker
+    p = _write(tmp_path, [_ann(1, img=1), _ann(2, img=2), _ann(3, img=3)])
+    with pytest.raises(FileNotFoundError, match=r"1 of 3 training images cannot be read.*b\.jpg: truncated"):
+        CocoPoseDataset(p, tmp_path).load(1)
+    monkeypatch.setattr(dsmod, "MAX_UNREADABLE_FRACTION", 0.5)
+    ds = CocoPoseDataset(p, tmp_path)
+    with pytest.warns(UserWarning, match=r"b\.jpg: truncated"):
+        s = ds.load(1)
+    assert s.img_path.endswith("c.jpg")
+    (tmp_path / "c.jpg").unlink()
+    with pytest.warns(UserWarning, match=r"1 of 3 images are missing or empty.*c\.jpg"):
+        ds = CocoPoseDataset(p, tmp_path, check_images=True)
+    assert [Path(r.path).name for r in ds.records] == ["a.jpg", "b.jpg"]

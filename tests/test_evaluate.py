@@ -322,7 +322,7 @@ def test_format_and_write_metrics(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(json, "dump", boom)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(EvaluationError, match=r"m\.json: cannot write \(disk full\)"):  # one line, the path
         write_metrics(p, {"AP": 0.9})
     assert json.loads(p.read_text()) == m  # the old file is untouched
     assert [q.name for q in tmp_path.iterdir()] == ["m.json"]  # and no temp file is left behind
@@ -441,3 +441,58 @@ def test_rtmo_val_command(tmp_path, capsys):
     assert main(["val", str(COCO_ANN), "--ann", str(COCO_ANN), "--results", str(res)]) == 2
     assert main(["val", "--results", str(res)]) == 2
     assert "annotation file" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("change, match", [
+    (lambda g: g["annotations"][0].update(area=-5.0), r"\[0\]: 'area' must be a finite number >= 0"),
+    (lambda g: g["annotations"][1]["bbox"].__setitem__(2, -3.0), r"annotations\[1\]: 'bbox' has a negative"),
+    (lambda g: g["annotations"][1].update(id=g["annotations"][0]["id"]), r"\[1\] repeats annotation"),
+    (lambda g: g["annotations"][0].update(iscrowd="no"), r"annotations\[0\]: 'iscrowd' must be 0 or 1"),
+    (lambda g: g["images"].append(dict(g["images"][0])), r"repeats image id"),
+    (lambda g: g["annotations"][0].update(category_id=7), r"category_id 7 is not in 'categories'"),
+])
+def test_bad_ground_truth_named_by_file_and_annotation(tmp_path, change, match):
+    """Each of these used to give every metric -1 or a wrong AP (duplicate ids: 0.007 for perfect
+    results) with exit 0; now one line naming the file and the annotation, exit 2."""
+    from rtmo.cli import main
+
+    gt = _load(COCO_ANN)
+    preds = gt_as_predictions(gt)
+    change(gt)
+    ann = tmp_path / "gt.json"
+    ann.write_text(json.dumps(gt))
+    with pytest.raises(EvaluationError, match=match):
+        evaluate_coco(ann, preds)
+    res = tmp_path / "res.json"
+    res.write_text(json.dumps(preds))
+    assert main(["val", str(ann), "--results", str(res)]) == 2
+
+
+def test_deeply_nested_json_and_bad_output(tmp_path, capsys):
+    from rtmo.cli import main
+
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100000 + "]" * 100000)
+    with pytest.raises(EvaluationError, match="deep.json: JSON nested too deeply"):
+        evaluate_coco(deep, [])
+    gt = _load(COCO_ANN)
+    res = tmp_path / "res.json"
+    res.write_text(json.dumps(gt_as_predictions(gt)))
+    assert main(["val", str(COCO_ANN), "--results", str(res), "-o", str(tmp_path)]) == 2
+    assert "is a folder, not a file" in capsys.readouterr().err
+    assert main(["val", str(COCO_ANN), "--results", str(res), "-o", str(res / "m.json")]) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err
+
+
+def test_nan_predictions_are_one_error_on_every_rank():
+    """Diverged weights predict NaN: evaluate_model raises one EvaluationError (rank 0 hands it to every
+    rank, so none waits forever), which the trainer records as 'AP not computable'."""
+    gt = _load(COCO_ANN)
+    model = _OracleModel(gt, COCO_KEYPOINTS)
+    name = sorted(model.by_name)[0]
+    r = model.by_name[name]
+    model.by_name[name] = PoseResult(boxes=r.boxes, scores=r.scores * np.nan, class_ids=r.class_ids,
+                                     keypoints=r.keypoints, keypoint_scores=r.keypoint_scores,
+                                     image_shape=r.image_shape, keypoint_info=r.keypoint_info)
+    with pytest.raises(EvaluationError, match=r"\d+ of \d+ predictions hold NaN or infinite values"):
+        evaluate_model(model, COCO_ANN.parent, COCO_ANN)

@@ -181,3 +181,48 @@ def test_predict_video_tracked_frames():
     assert all(r.path == str(VIDEO) and r.timestamp is not None for r in results)
     assert all(r.track_ids is not None and len(r.track_ids) == len(r) for r in results)
     assert np.array_equal(results[1].extra["image"], _video_frames(2)[1])
+
+
+class _Trickle(http.server.BaseHTTPRequestHandler):
+    """Answers 200 with a huge Content-Length, then one byte every 50 ms (for at most 20 s)."""
+
+    def do_GET(self):  # noqa: N802 - http.server's name
+        self.send_response(200)
+        self.send_header("Content-Type", "image/jpeg")
+        self.send_header("Content-Length", "100000000")
+        self.end_headers()
+        try:
+            for _ in range(400):
+                self.wfile.write(b"\xff")
+                self.wfile.flush()
+                time.sleep(0.05)
+        except OSError:  # the client gave up: expected
+            pass
+
+    def log_message(self, *args):
+        pass
+
+
+def test_trickling_server_is_bounded(monkeypatch):
+    """A server that keeps sending a byte now and then never trips a per-read timeout; the whole download
+    is bounded (1 s here, 30 s by default)."""
+    import rtmo.infer.sources as src
+
+    monkeypatch.setattr(src, "URL_IMAGE_TIMEOUT", 1.0)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Trickle)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/slow.jpg"
+        t0 = time.monotonic()
+        with pytest.raises(ImageError, match=r"slow\.jpg: download did not finish within 1 s"):
+            src._read_url_image(url)
+        assert time.monotonic() - t0 < 5
+    finally:
+        server.shutdown()
+
+
+@pytest.mark.parametrize("bad", [-1, "-1", np.int64(-3)])
+def test_negative_camera_index_rejected_before_opencv(bad):
+    with pytest.raises(SourceError, match="camera index must be >= 0"):
+        resolve_source(bad)

@@ -7,6 +7,7 @@ import json
 import math
 import os
 import socket
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -327,7 +328,8 @@ def _ddp_worker(rank: int, world: int, port: int, out_dir: str) -> None:
 
     tr.loss_fn = record
     tr.fit()
-    torch.save({"losses": losses, "params": tr.model.state_dict()}, os.path.join(out_dir, f"rank{rank}.pt"))
+    torch.save({"losses": losses, "params": tr.model.state_dict(),
+                "broadcast_buffers": tr.ddp.broadcast_buffers}, os.path.join(out_dir, f"rank{rank}.pt"))
     torch.distributed.destroy_process_group()
 
 
@@ -339,6 +341,7 @@ def test_ddp_two_gloo_processes_match_single_process(tmp_path):
         port = s.getsockname()[1]
     mp.spawn(_ddp_worker, args=(2, port, str(tmp_path)), nprocs=2, join=True)
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    assert r0["broadcast_buffers"] is False  # mmengine's setting: per-GPU BatchNorm statistics
 
     torch.manual_seed(0)
     single = Trainer(ToyNet(bn=False), toy_recipe(epochs=2, batch=4, multiscale=(32, 32), ema=False),
@@ -402,3 +405,143 @@ def test_cpu_bf16_autocast_is_opt_in(tmp_path):
     # bf16 keeps ~3 significant digits: same losses to 2e-2, but not bit-identical (autocast was active)
     np.testing.assert_allclose(runs[True], runs[False], rtol=2e-2)
     assert runs[True] != runs[False]
+
+
+@pytest.mark.parametrize("section, line, match", [
+    ("schedule", "epochs = -5", r"schedule.epochs = -5: must be >= 1"),
+    ("", "input_size = [100, 100]", r"input_size\[0\] = 100: must be a positive multiple of 32"),
+    ("", "input_size = [0, 0]", r"input_size\[0\] = 0"),
+    ("augment", "multiscale_range = [800, 480]", r"multiscale_range = \[800, 480\]: must be \[low, high\]"),
+    ("augment", "size_divisor = 0", r"size_divisor = 0: must be >= 1"),
+    ("augment", "size_divisor = 16", r"size_divisor = 16: multi-scale sizes"),
+    ("data", "batch_size = 0", r"data.batch_size = 0"),
+    ("optim", "lr = -1.0", r"optim.lr = -1.0"),
+])
+def test_bad_recipes_fail_at_load_time(tmp_path, section, line, match):
+    """Each of these used to exit 0 having trained nothing, or die later in a ZeroDivisionError /
+    randrange error / shape error; now one line naming the file and the field, exit 2, at load time."""
+    import subprocess
+    import sys
+
+    toml = tmp_path / "bad.toml"
+    toml.write_text(f"[{section}]\n{line}\n" if section else f"{line}\n")
+    with pytest.raises(ValueError, match=match):
+        TrainRecipe.load(toml)
+    if section == "schedule":  # once through the CLI, as typed: exit 2, one line, no model built
+        r = subprocess.run([sys.executable, "-m", "rtmo", "train", str(toml), "-o", str(tmp_path / "run")],
+                           capture_output=True, text=True, timeout=120,
+                           env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+        lines = r.stderr.strip().splitlines()
+        assert r.returncode == 2 and len(lines) == 1 and "bad.toml" in lines[0] and "epochs" in lines[0]
+        assert not (tmp_path / "run").exists()
+
+
+# ---------------------------------------------------------------------------------------------- robustness
+def test_short_schedules_never_exceed_base_lr():
+    """3 epochs of 2 iterations, worked by hand from the scaled milestones (warm-up 1 epoch, cosine1
+    [1, 2, T=1], bump at 2, cosine2 [2, 3, T=2]; base 4e-3, eta_min 2e-4): the x2.5 bump of a cosine that
+    had only half decayed (2.1e-3 * 2.5 = 5.25e-3) used to lift the LR above base; it is capped now."""
+    r = scale_epochs(TrainRecipe(), 3).schedule
+    assert (r.warmup_epochs, r.cosine1, r.bump_epoch, r.cosine2) == (1, (1, 2, 1), 2, (2, 3, 2))
+    got = [lr_at(4e-3, it, it // 2, 2, r) for it in range(6)]
+    half = 2e-4 + (4e-3 - 2e-4) * (1 + math.cos(math.pi * 1 / 2)) / 2  # cosine1, step 1 of 2
+    np.testing.assert_allclose(got, [4e-3 * (1 / 2) ** 2, 4e-3, 4e-3, half, 4e-3, 4e-3], rtol=1e-12)
+    for epochs in (1, 2, 4, 6, 10, 15, 40, 150):
+        s = scale_epochs(TrainRecipe(), epochs).schedule
+        assert s.warmup_epochs <= s.cosine1[0] <= s.cosine1[1] <= s.bump_epoch <= s.cosine2[0]  # in order
+        for L in (1, 3, 50):
+            assert max(lr_at(4e-3, it, it // L, L, s) for it in range(epochs * L)) <= 4e-3
+    # the official schedule itself is untouched (no cap): its main group peaks at base
+    assert not TrainRecipe().schedule.cap_at_base
+
+
+def test_validation_epochs_follow_mmengine_dynamic_intervals():
+    from rtmo.train.trainer import val_due
+
+    coco = TrainRecipe.load("rtmo-s_8xb32-600e_coco-640x640")
+    crowd = TrainRecipe.load("rtmo-s_8xb32-700e_crowdpose-640x640")
+    # 1-based epochs after which mmengine validates: every 20, then from 579 every epoch
+    assert [e + 1 for e in range(600) if val_due(coco, e)] == list(range(20, 579, 20)) + list(range(579, 601))
+    # CrowdPose: every 50, then from 669 every epoch
+    assert [e + 1 for e in range(640, 700) if val_due(crowd, e)] == [650] + list(range(669, 701))
+
+
+def test_short_runs_write_no_per_epoch_checkpoints(tmp_path):
+    r = scale_epochs(TrainRecipe(), 15)
+    assert r.runtime.checkpoint_interval == 0 and r.runtime.keep_checkpoints == 3
+    assert scale_epochs(TrainRecipe(), 300).runtime.checkpoint_interval == 20
+
+
+def test_resume_hygiene(tmp_path, caplog):
+    """Metrics truncated to the resume point, stale temp files removed, changed settings named, the resume
+    logged; a reused folder without resume refused."""
+    out = tmp_path / "run"
+    torch.manual_seed(0)
+    Trainer(ToyNet(), toy_recipe(epochs=3), toy_data(), out, progress=False).fit(stop_after_epoch=1)
+    with open(out / "metrics.jsonl", "a") as f:  # records of an epoch interrupted by a kill
+        f.write(json.dumps({"type": "train", "epoch": 1, "iter": 3, "loss": 9.0}) + "\n" + '{"type": "tr')
+    (out / ".last.pth.tmp99999999").write_bytes(b"half a checkpoint")
+    with pytest.raises(ValueError, match="already holds a training run.*--resume"):
+        Trainer(ToyNet(), toy_recipe(epochs=3), toy_data(), out, progress=False)
+    caplog.set_level("INFO", logger="rtmo.train")
+    tr = Trainer(ToyNet(), toy_recipe(epochs=4), toy_data(), out, resume=out / "last.pth", progress=False)
+    assert "epochs 3 -> 4" in caplog.text and "resumed from epoch 1" in caplog.text
+    assert not (out / ".last.pth.tmp99999999").exists()
+    tr.fit()
+    recs = [json.loads(line) for line in open(out / "metrics.jsonl")]
+    train_iters = [r["iter"] for r in recs if r["type"] == "train"]
+    assert train_iters == sorted(set(train_iters)) == list(range(1, 9))
+    assert 9.0 not in [r.get("loss") for r in recs]
+
+
+def test_resume_refuses_foreign_and_other_architecture_files(tmp_path):
+    from rtmo.checkpoint import CheckpointError
+
+    out = tmp_path / "a"
+    Trainer(ToyNet(), toy_recipe(epochs=1), toy_data(), out, progress=False).fit()
+    torch.save({"state_dict": {"w": torch.zeros(1)}}, tmp_path / "weights.pth")
+    with pytest.raises(CheckpointError, match="weights.pth is not a resumable.*--init-from"):
+        Trainer(ToyNet(), toy_recipe(), toy_data(), tmp_path / "b", resume=tmp_path / "weights.pth")
+    with pytest.raises(CheckpointError, match="last.pth: cannot resume this run from it.*another model"):
+        Trainer(ToyNet(bn=False), toy_recipe(), toy_data(), tmp_path / "c", resume=out / "last.pth")
+
+
+def test_training_survives_nan_validation_and_a_nan_loss(tmp_path, caplog):
+    """A diverged step: the loss of one iteration is NaN (update skipped, warned) and validation predicts
+    NaN (AP not computable, logged); the epoch's checkpoint is still written and training goes on."""
+    from rtmo.evaluate import EvaluationError
+
+    calls = {"n": 0}
+
+    def loss_fn(model, images, targets):
+        out = model(images, targets)
+        calls["n"] += 1
+        if calls["n"] == 2:
+            out["loss"] = out["loss"] * float("nan")
+        return out
+
+    def evaluate(net):
+        raise EvaluationError("results: record 0: 'keypoints' must be 51 finite numbers")
+
+    caplog.set_level("INFO", logger="rtmo.train")
+    tr = Trainer(ToyNet(), toy_recipe(epochs=2), toy_data(), tmp_path, loss_fn=loss_fn, evaluate=evaluate,
+                 progress=False)
+    tr.fit()
+    assert "update skipped" in caplog.text and "AP recorded as not computable" in caplog.text
+    recs = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    vals = [r for r in recs if r["type"] == "val"]
+    assert len(vals) == 2 and all(r["AP"] is None and "finite" in r["error"] for r in vals)
+    assert torch.load(tmp_path / "last.pth", weights_only=True)["epoch"] == 2
+    assert not (tmp_path / "best.pth").exists()  # nothing to rank by
+
+
+def test_worker_errors_reach_the_user_as_one_line(tmp_path):
+    class Broken(ToyDataset):
+        def __getitem__(self, i):
+            raise FileNotFoundError("data/x.jpg: 12 of 40 training images cannot be read")
+
+    data = TrainData(build_dataset=lambda stage: Broken(), collate_fn=toy_collate)
+    tr = Trainer(ToyNet(), toy_recipe(epochs=1), data, tmp_path, workers=1, progress=False)
+    with pytest.raises(FileNotFoundError) as e:
+        tr.fit()
+    assert str(e.value) == "data/x.jpg: 12 of 40 training images cannot be read"

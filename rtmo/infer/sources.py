@@ -12,6 +12,7 @@ from __future__ import annotations
 import glob
 import os
 import queue
+import re
 import threading
 import time
 import urllib.request
@@ -131,8 +132,10 @@ def resolve_source(source: Any) -> list[SourceItem]:
         return [source]
     if isinstance(source, bool):
         raise SourceError(f"unsupported source {source!r}")
-    if isinstance(source, int):
-        return [SourceItem("camera", source, f"camera{source}")]
+    if isinstance(source, (int, np.integer)):
+        if source < 0:  # OpenCV crashes (not fails) on some negative indices: refuse before it sees one
+            raise SourceError(f"camera index must be >= 0, got {source}")
+        return [SourceItem("camera", int(source), f"camera{source}")]
     if isinstance(source, os.PathLike):
         source = os.fspath(source)
     if isinstance(source, str):
@@ -140,6 +143,8 @@ def resolve_source(source: Any) -> list[SourceItem]:
             raise SourceError("empty source")
         if source.strip().isdigit():
             return [SourceItem("camera", int(source), f"camera{source.strip()}")]
+        if re.fullmatch(r"-\d+", source.strip()) and not Path(source).exists():
+            raise SourceError(f"camera index must be >= 0, got {source.strip()}")
         return _expand_path(source)
     if isinstance(source, np.ndarray) or (hasattr(source, "convert") and hasattr(source, "size")):
         return [SourceItem("image", source, "image0")]
@@ -175,13 +180,35 @@ class _Problem:
 _END = object()
 
 
-def _read_url_image(url: str) -> np.ndarray:
+# A still image fetched from a URL: the whole download must finish within this many seconds (a server
+# that trickles bytes would otherwise keep a per-read timeout from ever firing) and stay under this size.
+URL_IMAGE_TIMEOUT = 30.0
+URL_IMAGE_MAX_BYTES = 256 * 2**20
+
+
+def _read_url_image(url: str, timeout: float | None = None, max_bytes: int | None = None) -> np.ndarray:
+    timeout = URL_IMAGE_TIMEOUT if timeout is None else timeout
+    max_bytes = URL_IMAGE_MAX_BYTES if max_bytes is None else max_bytes
+    deadline = time.monotonic() + timeout
+    chunks, size = [], 0
     try:
-        with urllib.request.urlopen(url, timeout=30) as r:  # noqa: S310 - the user asked for this URL
-            data = np.frombuffer(r.read(), dtype=np.uint8)
-    except OSError as e:
-        raise ImageError(f"{url}: cannot download ({e})") from None
-    img = cv2.imdecode(data, cv2.IMREAD_COLOR)
+        with urllib.request.urlopen(url, timeout=timeout) as r:  # noqa: S310 - the user asked for this URL
+            while True:
+                if time.monotonic() > deadline:
+                    raise ImageError(f"{url}: download did not finish within {timeout:g} s")
+                chunk = r.read1(65536) if hasattr(r, "read1") else r.read(65536)
+                if not chunk:
+                    break
+                size += len(chunk)
+                if size > max_bytes:
+                    raise ImageError(f"{url}: larger than {max_bytes:,} bytes, not an image to download")
+                chunks.append(chunk)
+    except (OSError, ValueError) as e:  # URLError, timeouts, resets, malformed URLs / responses
+        if isinstance(e, ImageError):
+            raise
+        raise ImageError(f"{url}: cannot download ({' '.join(str(e).split())})") from None
+    data = np.frombuffer(b"".join(chunks), dtype=np.uint8)
+    img = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
     if img is None:
         raise ImageError(f"{url}: not a readable image")
     return img
@@ -250,7 +277,13 @@ class FrameReader:
             self._put(_END)
 
     def _read_video(self, item: SourceItem, group: int) -> None:
-        cap = cv2.VideoCapture(item.target)
+        if isinstance(item.target, str) and _is_url(item.target):
+            # a network source that stops answering fails after this long instead of blocking forever
+            ms = int(URL_IMAGE_TIMEOUT * 1000)
+            cap = cv2.VideoCapture(item.target, cv2.CAP_ANY,
+                                   [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, ms])
+        else:
+            cap = cv2.VideoCapture(item.target)
         try:
             if not cap.isOpened():
                 what = {"camera": "camera", "stream": "stream"}.get(item.kind, "video")

@@ -1,13 +1,23 @@
 """Write prediction outputs: drawn images / videos, one COCO results JSON per image set, JSON lines per video.
 
 Nothing existing is ever overwritten (inputs included): a name already taken gets `_1`, `_2`, ... appended.
+Nothing is lost or torn when a run is stopped: every image's records go to `predictions.jsonl` (one COCO
+record a line, flushed) as soon as they exist; `close()` assembles `predictions.json` from them atomically
+(temp file + rename) and removes the lines file. A run killed with SIGKILL leaves `predictions.jsonl`
+(every record written before the kill, one flushed write per image, so at most the last line can be torn);
+drawn images are written atomically too. Drawn videos of files are
+`.mp4` (finalised on close, which Ctrl-C and SIGTERM reach; SIGKILL leaves it unplayable, there is no moov
+atom yet); live sources (cameras, streams), which are usually ended by stopping the process, are written as
+Matroska `.mkv`, which stays playable up to the last frame written whatever ends the process.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
@@ -18,6 +28,13 @@ import numpy as np
 from .draw import draw_result
 from .results import PoseResult
 from .sources import SourceInfo
+
+IMAGE_OUT_EXTS = (".jpg", ".jpeg", ".png", ".bmp")
+
+
+class OutputError(ValueError):
+    """An output that cannot be written (full disk, read-only folder, a file where a folder should be);
+    the message names the path and the reason."""
 
 
 def unique_path(path: str | os.PathLike, taken: set[Path] | None = None) -> Path:
@@ -33,6 +50,56 @@ def unique_path(path: str | os.PathLike, taken: set[Path] | None = None) -> Path
     return cand
 
 
+def check_output_dir(path: str | os.PathLike, what: str = "--output") -> Path:
+    """`path` as a usable output folder (created later, when the first file is written): refuses a path
+    that is a file, or lies below a file, with one line naming it."""
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise OutputError(f"{what} {p}: is a file, not a folder")
+    for parent in p.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise OutputError(f"{what} {p}: {parent} is a file, not a folder")
+            break
+    return p
+
+
+def check_output_file(path: str | os.PathLike, what: str = "output file") -> Path:
+    """`path` as a file to be written: refuses a folder, or a path below a file, with one line."""
+    p = Path(path)
+    if p.is_dir():
+        raise OutputError(f"{what} {p}: is a folder, not a file")
+    for parent in p.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise OutputError(f"{what} {p}: {parent} is a file, not a folder")
+            break
+    return p
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Write `data` to a temp file in `path`'s folder, then rename: a crash or a full disk never leaves a
+    torn file under the final name. Raises `OutputError` naming the path."""
+    fd, tmp = None, None
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        with os.fdopen(fd, "wb") as f:
+            fd = None
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        tmp = None
+    except OSError as e:
+        raise OutputError(f"{path}: cannot write ({e.strerror or e})") from None
+    finally:
+        if fd is not None:
+            os.close(fd)
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+
+
 def _safe_stem(name: str) -> str:
     """A file stem for a source name: the file stem, or the URL / camera name with odd characters replaced."""
     stem = Path(name).stem if not re.match(r"^[a-z]+://", name) else name.split("://", 1)[1]
@@ -40,18 +107,27 @@ def _safe_stem(name: str) -> str:
 
 
 class ImageIds:
-    """COCO `image_id` for an image: from the annotation file's `file_name` when one is given, else the file
-    stem when it is a number (COCO names files by id), else the running index of the image in the set."""
+    """COCO `image_id` for an image: from the annotation file's `file_name` when one is given; else the file
+    stem when it is a number (COCO names files by id); else the running index of the image in the set.
 
-    def __init__(self, ann_file: str | os.PathLike | None = None) -> None:
+    Ids never collide: an id already given out, or (when `names`, every image of the set, are known up
+    front) the numeric stem of another image of the set, is skipped for the next free number."""
+
+    def __init__(self, ann_file: str | os.PathLike | None = None,
+                 names: Sequence[str | None] | None = None) -> None:
         self.by_name: dict[str, int] = {}
+        self.used: set[int] = set()
         if ann_file is not None:
             try:
                 data = json.loads(Path(ann_file).read_text())
                 self.by_name = {Path(im["file_name"]).name: int(im["id"]) for im in data["images"]}
+            except RecursionError:
+                raise ValueError(f"{ann_file}: JSON nested too deeply to be a COCO annotation file") from None
             except (OSError, ValueError, KeyError, TypeError) as e:
-                raise ValueError(f"{ann_file}: not a COCO annotation file with images/file_name/id ({e})"
-                                 ) from None
+                raise ValueError(f"{ann_file}: not a COCO annotation file with images/file_name/id "
+                                 f"({' '.join(str(e).split())[:200]})") from None
+        stems = [Path(n).stem for n in names or () if isinstance(n, str)]
+        self.reserved = {int(s) for s in stems if s.isdigit()}
 
     def __call__(self, path: str | None, index: int) -> int:
         name = Path(path).name if path else None
@@ -60,7 +136,14 @@ class ImageIds:
                 raise ValueError(f"{path or f'image {index}'}: not listed in the annotation file's images")
             return self.by_name[name]
         stem = Path(path).stem if path else ""
-        return int(stem) if stem.isdigit() else index
+        if stem.isdigit() and int(stem) not in self.used:
+            image_id = int(stem)
+        else:
+            image_id = index
+            while image_id in self.used or image_id in self.reserved:
+                image_id += 1
+        self.used.add(image_id)
+        return image_id
 
 
 def coco_records(result: PoseResult, image_id: int, category_id: int = 1) -> list[dict]:
@@ -71,13 +154,14 @@ def coco_records(result: PoseResult, image_id: int, category_id: int = 1) -> lis
 
 
 class VideoSink:
-    """An mp4v video file at the source's fps and frame size, opened on the first frame."""
+    """An mp4v video file at the source's fps and frame size, opened on the first frame (an `.mkv` path
+    gives a Matroska file, which stays playable when the process is killed)."""
 
     def __init__(self, path: Path, fps: float, size: tuple[int, int]) -> None:
         self.path, self.fps, self.size = path, fps, size
         self.writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, size)
         if not self.writer.isOpened():
-            raise OSError(f"{path}: cannot open a video writer (mp4v, {size[0]}x{size[1]} @ {fps:g} fps)")
+            raise OutputError(f"{path}: cannot open a video writer (mp4v, {size[0]}x{size[1]} @ {fps:g} fps)")
         self.frames = 0
 
     def write(self, frame: np.ndarray) -> None:
@@ -88,45 +172,77 @@ class VideoSink:
 
     def close(self) -> None:
         self.writer.release()
+        # OpenCV reports no write error: a video that did not reach the disk shows as a missing/empty file
+        if not self.path.is_file() or self.path.stat().st_size == 0:
+            raise OutputError(f"{self.path}: the video could not be written (disk full or not writable?)")
 
 
 class PredictionWriter:
     """Everything `rtmo predict` writes into `out_dir`, fed one `PoseResult` at a time (from
     `stream_results(..., keep_images=save)`); `close()` finishes the files and returns their paths.
 
-    - `save`: drawn images `<stem>.<ext>`, drawn videos `<stem>.mp4` (source fps and size, mp4v);
-    - `save_json`: `predictions.json` (COCO results) for the images, `<stem>.jsonl` for each video/stream,
+    - `save`: drawn images `<stem>.<ext>`, drawn videos `<stem>.mp4` (`.mkv` for cameras and streams);
+    - `save_json`: `predictions.json` (COCO results, each record also carrying `file_name`) for the images,
+      written incrementally to `predictions.jsonl` during the run; `<stem>.jsonl` for each video/stream,
       one record per frame: source, frame_index, timestamp, image_shape, detections (with track_id).
+
+    `image_names` (the image paths of the set, in order) lets image ids be chosen without collisions.
+    The output folder is created when the first file is written: a run that fails early leaves nothing.
+    Write failures raise `OutputError`.
     """
 
     def __init__(self, out_dir: str | os.PathLike, save: bool = False, save_json: bool = False,
                  kpt_threshold: float = 0.3, ann_file: str | os.PathLike | None = None,
-                 inputs: Sequence[str | os.PathLike] = ()) -> None:
-        self.out_dir = Path(out_dir)
+                 inputs: Sequence[str | os.PathLike] = (),
+                 image_names: Sequence[str | None] | None = None) -> None:
+        self.out_dir = check_output_dir(out_dir) if (save or save_json) else Path(out_dir)
         self.save, self.save_json, self.kpt_threshold = save, save_json, kpt_threshold
-        self.image_ids = ImageIds(ann_file)
+        self.image_ids = ImageIds(ann_file, image_names)
         self.taken: set[Path] = {Path(p).resolve() for p in inputs}
         self.records: list[dict] = []
-        self.n_images = 0
+        self.n_images = 0  # images whose results were recorded
         self.written: list[Path] = []
         self._group: int | None = None
         self._video: VideoSink | None = None
         self._jsonl: TextIO | None = None
-        if save or save_json:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
+        self._pred_lines: TextIO | None = None
+        self._pred_lines_path: Path | None = None
 
     def _path(self, name: str) -> Path:
+        try:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            why = e.strerror or e
+            raise OutputError(f"{self.out_dir}: cannot create the output folder ({why})") from None
         p = unique_path(self.out_dir / name, self.taken)
         self.written.append(p)
         return p
 
+    def _open(self, name: str) -> tuple[Path, TextIO]:
+        p = self._path(name)
+        try:
+            return p, p.open("w", encoding="utf-8")
+        except OSError as e:
+            raise OutputError(f"{p}: cannot write ({e.strerror or e})") from None
+
+    @staticmethod
+    def _write_lines(f: TextIO, objs: Sequence[Any], path: Path) -> None:
+        """One JSON line per object, written and flushed together (one image's records, one frame)."""
+        try:
+            f.write("".join(json.dumps(obj) + "\n" for obj in objs))
+            f.flush()  # a run may be stopped at any time: keep every line written
+        except OSError as e:
+            raise OutputError(f"{path}: cannot write ({e.strerror or e})") from None
+
     def _end_sequence(self) -> None:
-        if self._video is not None:
-            self._video.close()
-            self._video = None
-        if self._jsonl is not None:
-            self._jsonl.close()
-            self._jsonl = None
+        video, jsonl = self._video, self._jsonl
+        self._video = self._jsonl = None
+        try:
+            if video is not None:
+                video.close()
+        finally:
+            if jsonl is not None:
+                _close_file(jsonl)
 
     def add(self, result: PoseResult, image: np.ndarray | None = None) -> np.ndarray | None:
         """Record one result; returns the drawn frame when `save` is on (for display too)."""
@@ -143,34 +259,66 @@ class PredictionWriter:
             self._end_sequence()
             self._group = info.group
         if info.kind == "image":
-            self.n_images += 1
+            records = None
+            if self.save_json:  # the id first: an image the --ann file does not list fails before any write
+                records = coco_records(result, self.image_ids(result.path, info.index))
+                for r in records:
+                    r["file_name"] = result.path or info.name
             if self.save:
                 name = result.path or info.name
                 ext = Path(name).suffix.lower()
-                ext = ext if ext in (".jpg", ".jpeg", ".png", ".bmp") else ".jpg"
-                cv2.imwrite(str(self._path(_safe_stem(name) + ext)), drawn)
-            if self.save_json:
-                self.records.extend(coco_records(result, self.image_ids(result.path, info.index)))
+                ext = ext if ext in IMAGE_OUT_EXTS else ".jpg"
+                path = self._path(_safe_stem(name) + ext)
+                ok, buf = cv2.imencode(ext, drawn)
+                if not ok:
+                    raise OutputError(f"{path}: cannot encode the drawn image")
+                write_bytes_atomic(path, buf.tobytes())
+            if records is not None:
+                # in memory first: a stop while the lines are written still finds the image in the array
+                self.records.extend(records)
+                if self._pred_lines is None:
+                    self._pred_lines_path, self._pred_lines = self._open("predictions.jsonl")
+                self._write_lines(self._pred_lines, records, self._pred_lines_path)
+            self.n_images += 1
         else:
             stem = _safe_stem(info.name)
             if self.save:
                 if self._video is None:
                     h, w = drawn.shape[:2]
-                    self._video = VideoSink(self._path(stem + ".mp4"), info.fps or 30.0, (w, h))
+                    ext = ".mkv" if info.kind in ("camera", "stream") else ".mp4"
+                    self._video = VideoSink(self._path(stem + ext), info.fps or 30.0, (w, h))
                 self._video.write(drawn)
             if self.save_json:
                 if self._jsonl is None:
-                    self._jsonl = self._path(stem + ".jsonl").open("w")
-                self._jsonl.write(json.dumps(frame_record(result, info)) + "\n")
-                self._jsonl.flush()  # a live stream may be stopped at any time: keep every line written
+                    path, self._jsonl = self._open(stem + ".jsonl")
+                    self._jsonl_path = path
+                self._write_lines(self._jsonl, [frame_record(result, info)], self._jsonl_path)
         return drawn
 
     def close(self) -> list[Path]:
-        self._end_sequence()
-        if self.save_json and self.n_images:
-            path = self._path("predictions.json")
-            path.write_text(json.dumps(self.records))
+        """Finish every file: the video and JSON-lines files, then `predictions.json` (atomically, from
+        the records of every image processed; the lines file is removed once the array is in place)."""
+        try:
+            self._end_sequence()
+        finally:
+            if self._pred_lines is not None:
+                lines, self._pred_lines = self._pred_lines, None
+                _close_file(lines)
+                path = self._path("predictions.json")
+                write_bytes_atomic(path, json.dumps(self.records).encode())
+                if self._pred_lines_path is not None:
+                    with contextlib.suppress(OSError):
+                        self._pred_lines_path.unlink()
+                    self.written.remove(self._pred_lines_path)
+                    self._pred_lines_path = None
         return list(self.written)
+
+
+def _close_file(f: TextIO) -> None:
+    try:
+        f.close()
+    except OSError as e:
+        raise OutputError(f"{f.name}: cannot write ({e.strerror or e})") from None
 
 
 def frame_record(result: PoseResult, info: SourceInfo | None = None) -> dict[str, Any]:

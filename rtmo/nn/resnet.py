@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..checkpoint import CheckpointError, load_checkpoint
 from ..config import ResNetConfig
 
 
@@ -80,9 +81,16 @@ class ResNet(nn.Module):
 
     def load_torchvision(self, path: str) -> None:
         """Load a torchvision ImageNet state dict (its `fc.*` classifier is dropped)."""
-        sd = torch.load(path, map_location="cpu", weights_only=True)
-        sd = {k: v for k, v in sd.get("state_dict", sd).items() if not k.startswith("fc.")}
-        self.load_state_dict(sd, strict=True)
+        sd = load_checkpoint(path)
+        sd = sd.get("state_dict", sd) if isinstance(sd, dict) else sd
+        if not isinstance(sd, dict):
+            raise CheckpointError(f"{path}: not a torchvision ResNet state dict")
+        sd = {k: v for k, v in sd.items() if not k.startswith("fc.")}
+        try:
+            self.load_state_dict(sd, strict=True)
+        except RuntimeError as e:
+            raise CheckpointError(f"{path}: does not fit this ResNet backbone "
+                                  f"({' '.join(str(e).split())[:200]})") from None
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         # The network sees BGR 0..255 like RTMO's CSPDarknet; an ImageNet-initialised ResNet adapts

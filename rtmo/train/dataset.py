@@ -13,16 +13,17 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 
 from ..config import COCO_KEYPOINTS, CROWDPOSE_KEYPOINTS, KeypointInfo
+from ..infer.image import ImageError, read_image
 from .transforms import (
     BatchResizeConfig,
     PoseSample,
@@ -41,6 +42,20 @@ __all__ = [
 
 # Fallback OKS sigma for a custom keypoint set without given sigmas (the mean of the COCO sigmas, rounded).
 DEFAULT_SIGMA = 0.07
+# Training skips unreadable images (with a warning naming each) until more than this fraction of a dataset's
+# images are unreadable; then it stops: the data is broken, not a file or two.
+MAX_UNREADABLE_FRACTION = 0.01
+# MPII's 16 joints, in the order of mmpose's list-format annotation files (`mpii_train.json`)
+MPII_KEYPOINT_NAMES = ("right_ankle", "right_knee", "right_hip", "left_hip", "left_knee", "left_ankle",
+                       "pelvis", "thorax", "upper_neck", "head_top", "right_wrist", "right_elbow",
+                       "right_shoulder", "left_shoulder", "left_elbow", "left_wrist")
+# mmpose's MpiiDataset: `scale` is in units of 200 px; the centre moves down by 15 px per 200 px of scale
+MPII_PIXEL_STD = 200.0
+MPII_CENTER_SHIFT = 15.0
+
+
+class UnreadableImageError(FileNotFoundError):
+    """Too many training images cannot be read; the message names the annotation file and examples."""
 
 
 # ----------------------------------------------------------------------------------------- body7 tables
@@ -203,15 +218,22 @@ class CocoPoseDataset:
 
     def __init__(self, ann_file: str | Path, img_dir: str | Path, sigmas: Sequence[float] | None = None,
                  flip_indices: Sequence[int] | None = None, category_id: int | None = None,
-                 converter: KeypointConverter | None = None, target: KeypointInfo | None = None) -> None:
+                 converter: KeypointConverter | None = None, target: KeypointInfo | None = None,
+                 one_based: bool = False, check_images: bool = False) -> None:
         self.ann_file, self.img_dir = Path(ann_file), Path(img_dir)
+        self.one_based = one_based  # JHMDB: MATLAB pixel indices, 1 is subtracted (mmpose JhmdbDataset)
+        self.unreadable: dict[str, str] = {}  # path -> why, images found unreadable by this process
         if not self.ann_file.is_file():
             raise FileNotFoundError(f"annotation file not found: {self.ann_file}")
         try:
-            with open(self.ann_file) as f:
+            with open(self.ann_file, encoding="utf-8") as f:
                 data = json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{self.ann_file}: not valid JSON ({e})") from None
+        except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError, over-long integers
+            raise ValueError(f"{self.ann_file}: not valid JSON ({' '.join(str(e).split())[:200]})") from None
+        except RecursionError:
+            raise ValueError(f"{self.ann_file}: JSON nested too deeply to be an annotation file") from None
+        if isinstance(data, list) and data and isinstance(data[0], dict) and "joints" in data[0]:
+            data = mpii_to_coco(data, self.ann_file)  # mmpose's MPII list format
         if not isinstance(data, dict) or not isinstance(data.get("images"), list) \
                 or not isinstance(data.get("annotations"), list):
             raise ValueError(f"{self.ann_file}: not a COCO file (needs 'images' and 'annotations' lists)")
@@ -223,9 +245,12 @@ class CocoPoseDataset:
                              + (f" and id {category_id}" if category_id is not None else ""))
         cat = cats[0]
         self.category_id = cat.get("id")
-        self.source_info = keypoint_info_from_category(cat, None if converter else sigmas,
-                                                       None if converter else flip_indices,
-                                                       name=self.ann_file.stem)
+        with warnings.catch_warnings():
+            if converter is not None:  # the source set's sigmas are never used: no warning about them
+                warnings.simplefilter("ignore")
+            self.source_info = keypoint_info_from_category(cat, None if converter else sigmas,
+                                                           None if converter else flip_indices,
+                                                           name=self.ann_file.stem)
         self.converter = converter
         if converter is None:
             self.keypoint_info = self.source_info
@@ -237,12 +262,19 @@ class CocoPoseDataset:
                                  f"`target` KeypointInfo")
             self.keypoint_info = target
         self.malformed: list[tuple[Any, str]] = []
+        self.num_valid = 0  # labelled, non-crowd persons (the ones that train anything)
         self.records = self._parse(data)
         if self.malformed:
             shown = ", ".join(f"{i} ({why})" for i, why in self.malformed[:10])
             more = f" and {len(self.malformed) - 10} more" if len(self.malformed) > 10 else ""
             warnings.warn(f"{self.ann_file.name}: skipped {len(self.malformed)} malformed annotation(s): "
                           f"{shown}{more} (full list in `.malformed`)", stacklevel=2)
+        if self.num_valid == 0:
+            why = f"; {len(self.malformed)} malformed, e.g. {self.malformed[0][1]}" if self.malformed else ""
+            raise ValueError(f"{self.ann_file}: no usable person annotation (a box and at least one labelled "
+                             f"keypoint, not crowd) among {len(data['annotations'])} annotation(s){why}")
+        if check_images:
+            self.check_files()
 
     # -------------------------------------------------------------- parsing
     def _parse(self, data: dict) -> list[ImageRecord]:
@@ -272,7 +304,7 @@ class CocoPoseDataset:
             if not anns:
                 continue
             try:
-                w, h = int(img["width"]), int(img["height"])
+                w, h = int(img["width"]), int(img["height"])  # 0 x 0: unknown (MPII), boxes not clipped
             except (KeyError, TypeError, ValueError):
                 why = f"image {img_id} has no valid width/height"
                 self.malformed.extend((a.get("id"), why) for a in anns)
@@ -285,6 +317,7 @@ class CocoPoseDataset:
                         invalid.append(inst)
                     continue
                 box, kp, v, area, valid = inst
+                self.num_valid += bool(valid)
                 if not valid:
                     if "segmentation" in ann and ann["segmentation"] is not None:
                         invalid.append(ann["segmentation"])
@@ -320,6 +353,11 @@ class CocoPoseDataset:
         if not (np.isfinite(bbox).all() and np.isfinite(raw).all()):
             self.malformed.append((aid, "NaN or infinite value"))
             return None
+        if self.one_based:  # mmpose JhmdbDataset: MATLAB indices, the box corner and keypoints move by -1
+            bbox[:2] -= 1
+            raw = raw.reshape(k, 3)
+            raw[:, :2] -= 1
+            raw = raw.reshape(-1)
         x, y, bw, bh = bbox
         if bw <= 0 or bh <= 0:
             self.malformed.append((aid, f"box size {bw:g} x {bh:g} is not positive"))
@@ -329,8 +367,11 @@ class CocoPoseDataset:
         if area is not None and (not isinstance(area, (int, float)) or not math.isfinite(area)):
             self.malformed.append((aid, f"invalid area {area!r}"))
             return None
-        x1, y1 = np.clip(x, 0, img_w - 1), np.clip(y, 0, img_h - 1)
-        x2, y2 = np.clip(x + bw, 0, img_w - 1), np.clip(y + bh, 0, img_h - 1)
+        if img_w > 0 and img_h > 0:
+            x1, y1 = np.clip(x, 0, img_w - 1), np.clip(y, 0, img_h - 1)
+            x2, y2 = np.clip(x + bw, 0, img_w - 1), np.clip(y + bh, 0, img_h - 1)
+        else:  # size unknown (MPII's list format): mmpose does not clip these boxes either
+            x1, y1, x2, y2 = x, y, x + bw, y + bh
         box = np.array([x1, y1, x2, y2], dtype=np.float32)
         kp = raw.astype(np.float32).reshape(k, 3)
         vis = np.minimum(1, kp[:, 2])
@@ -350,12 +391,56 @@ class CocoPoseDataset:
     def num_instances(self) -> int:
         return int(sum(r.bboxes.shape[0] for r in self.records))
 
+    def check_files(self) -> None:
+        """Before the first step: every image file must exist and be non-empty (a stat per file, cheap
+        even for COCO). Missing ones are dropped with one warning naming them, up to
+        `MAX_UNREADABLE_FRACTION` of the set; beyond it the data is broken and training does not start.
+        (Decoding is checked when an image is first loaded, with the same decoder as inference.)"""
+        missing = []
+        for r in self.records:
+            try:
+                ok = os.stat(r.path).st_size > 0
+            except OSError:
+                ok = False
+            if not ok:
+                missing.append(r.path)
+        if not missing:
+            return
+        self._check_cap(len(missing), f"{missing[0]}: no such file or empty")
+        warnings.warn(f"{self.ann_file.name}: {len(missing)} of {len(self.records)} images are missing or "
+                      f"empty and are left out: {', '.join(missing[:10])}"
+                      + (f" and {len(missing) - 10} more" if len(missing) > 10 else ""), stacklevel=3)
+        gone = set(missing)
+        self.records = [r for r in self.records if r.path not in gone]
+
+    def _check_cap(self, bad: int, example: str) -> None:
+        n = len(self.records)
+        if bad > MAX_UNREADABLE_FRACTION * n:
+            raise UnreadableImageError(
+                f"{self.ann_file}: {bad} of {n} training images cannot be read (more than "
+                f"{MAX_UNREADABLE_FRACTION:.0%}; is the image folder {self.img_dir} right?), e.g. {example}")
+
     def load(self, index: int, rng: Rng | None = None) -> PoseSample:
-        """Image `index` (BGR uint8) with its instances, converted to the target keypoint set."""
-        r = self.records[index]
-        image = cv2.imread(r.path, cv2.IMREAD_COLOR)
-        if image is None:
-            raise FileNotFoundError(f"cannot read image {r.path} (image id {r.img_id})")
+        """Image `index` (BGR uint8) with its instances, converted to the target keypoint set.
+
+        Decoded by `rtmo.infer.image.read_image`, as inference does (so both agree on what is unreadable).
+        An unreadable image is reported once (a warning naming it) and replaced by the next readable one;
+        more than `MAX_UNREADABLE_FRACTION` unreadable images raise `UnreadableImageError`."""
+        n = len(self.records)
+        for step in range(n):
+            r = self.records[(index + step) % n]
+            if r.path in self.unreadable:
+                continue
+            try:
+                image = read_image(r.path)
+                break
+            except ImageError as e:
+                self.unreadable[r.path] = str(e)
+                self._check_cap(len(self.unreadable), str(e))
+                warnings.warn(f"skipping an unreadable training image (image id {r.img_id}): {e}",
+                              stacklevel=2)
+        else:
+            raise UnreadableImageError(f"{self.ann_file}: none of its {n} images can be read")
         kpts, vis = r.keypoints.copy(), r.keypoints_visible.copy()
         if self.converter is not None:
             kpts, vis = self.converter(kpts, vis)
@@ -363,6 +448,39 @@ class CocoPoseDataset:
                           areas=r.areas.copy(), ann_ids=r.ann_ids.copy(),
                           flip_indices=self.keypoint_info.flip_indices, img_id=r.img_id, img_path=r.path,
                           invalid_segs=list(r.invalid_segs), orig_hw=image.shape[:2])
+
+
+def mpii_to_coco(anns: list, where: Path | str = "MPII file") -> dict:
+    """mmpose's MPII list format (one record per person: image, center, scale, joints, joints_vis) as a
+    COCO-style dict, as `MpiiDataset` reads it: box = centre +- 100 * scale px after moving the centre down
+    by 15 px per 200 px of scale and subtracting 1 (MATLAB indices; the joints are kept as they are);
+    area = 0.53 x box area (at least 1); people of one image grouped into one record (bottom-up)."""
+    images: dict[str, dict] = {}
+    out = []
+    for i, a in enumerate(anns):
+        try:
+            name = str(a["image"])
+            center = np.asarray(a["center"], dtype=np.float64).reshape(2)
+            scale = float(a["scale"]) * MPII_PIXEL_STD
+            joints = np.asarray(a["joints"], dtype=np.float64).reshape(-1, 2)
+            vis = np.asarray(a["joints_vis"], dtype=np.float64).reshape(-1)
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"{where}: record {i} is not an MPII annotation (image, center, scale, joints, "
+                             f"joints_vis): {e}") from None
+        if len(joints) != len(MPII_KEYPOINT_NAMES) or len(vis) != len(joints):
+            raise ValueError(f"{where}: record {i} has {len(joints)} joints / {len(vis)} visibilities, "
+                             f"expected {len(MPII_KEYPOINT_NAMES)}")
+        if center[0] != -1:
+            center[1] += MPII_CENTER_SHIFT / MPII_PIXEL_STD * scale
+        center -= 1
+        x1, y1 = center - scale / 2
+        img = images.setdefault(name, {"id": len(images) + 1, "file_name": name, "width": 0, "height": 0})
+        kp = np.concatenate([joints, vis[:, None]], axis=1)
+        out.append({"id": i + 1, "image_id": img["id"], "category_id": 1, "bbox": [x1, y1, scale, scale],
+                    "area": max(scale * scale * 0.53, 1.0), "keypoints": kp.ravel().tolist(), "iscrowd": 0,
+                    "num_keypoints": int(np.count_nonzero(vis))})
+    return {"images": list(images.values()), "annotations": out,
+            "categories": [{"id": 1, "name": "person", "keypoints": list(MPII_KEYPOINT_NAMES)}]}
 
 
 class CombinedDataset:
@@ -486,7 +604,8 @@ def _source_from_specs(root: Path, specs: Sequence[Any],
         conv = KeypointConverter(num_keypoints, mapping) if mapping and not identity else None
         sets.append(CocoPoseDataset(root / spec.ann_file, root / spec.img_prefix, sigmas=spec.sigmas,
                                     flip_indices=spec.flip_indices, converter=conv,
-                                    target=target if conv is not None else None))
+                                    target=target if conv is not None else None,
+                                    one_based=spec.name.lower() == "jhmdb", check_images=True))
     if len(sets) == 1 and specs[0].ratio == 1.0:
         return sets[0]
     return CombinedDataset(sets, [s.ratio for s in specs])

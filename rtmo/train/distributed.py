@@ -10,6 +10,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from ..device import resolve_device
+
 
 @dataclass
 class DistInfo:
@@ -33,12 +35,8 @@ def init_distributed(device: str | torch.device | None = None) -> DistInfo:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(device)
+    device = resolve_device(device)  # one clear DeviceError for a device this machine does not have
     if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise RuntimeError("device 'cuda' requested but torch.cuda.is_available() is False")
         if device.index is None or world > 1:
             device = torch.device("cuda", local)
         torch.cuda.set_device(device)

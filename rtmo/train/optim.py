@@ -58,8 +58,13 @@ def lr_at(base: float, it: int, epoch: int, epoch_len: int, cfg: ScheduleRecipe)
     iteration-based (`convert_to_iter_based`, with the epoch length `epoch_len` of the *first* train loader,
     as mmengine converts once), the x`bump_factor` ConstantLR is epoch-based and never restored. Each cosine
     starts from the lr its group has when it begins and runs with steps counted from its own `begin`;
-    `eta_min` is absolute for every group.
+    `eta_min` is absolute for every group. With `cfg.cap_at_base` the result is at most `base`.
     """
+    lr = _lr_at(base, it, epoch, epoch_len, cfg)
+    return min(lr, base) if cfg.cap_at_base else lr
+
+
+def _lr_at(base: float, it: int, epoch: int, epoch_len: int, cfg: ScheduleRecipe) -> float:
     L = epoch_len
     warm = cfg.warmup_epochs * L
     if it < warm:

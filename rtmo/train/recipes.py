@@ -7,6 +7,7 @@ The TOML files in `rtmo/recipes/` mirror mmpose's `configs/body_2d_keypoint/rtmo
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
 import typing
 from dataclasses import dataclass, field
@@ -125,6 +126,9 @@ class ScheduleRecipe:
     cosine2: tuple[int, int, int] = (281, 580, 300)
     head_switch_epoch: int = 280  # RTMOModeSwitchHook (0-based, acts before the epoch)
     num_last_epochs: int = 20  # YOLOXPoseModeSwitchHook: fires at epoch + 1 == epochs - num_last_epochs
+    # never let a group's lr exceed its base lr (set by `scale_epochs` for short runs; the official
+    # schedule decays far enough before the bump that it never needs it)
+    cap_at_base: bool = False
 
     @property
     def data_switch_epoch(self) -> int:
@@ -175,7 +179,66 @@ class TrainRecipe:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainRecipe:
-        return _build(cls, d, "recipe")
+        recipe = _build(cls, d, "recipe")
+        recipe.validate()
+        return recipe
+
+    def validate(self) -> None:
+        """Refuse values that would train nothing or fail later deep inside the trainer (a ZeroDivisionError
+        in the multi-scale draw, a shape error in the network): ValueError naming the field."""
+        def need(ok: bool, field: str, value: Any, rule: str) -> None:
+            if not ok:
+                raise ValueError(f"{field} = {value!r}: {rule}")
+
+        s, a, d, rt, o = self.schedule, self.augment, self.data, self.runtime, self.optim
+        need(s.epochs >= 1, "schedule.epochs", s.epochs, "must be >= 1")
+        need(0 <= s.warmup_epochs <= s.epochs, "schedule.warmup_epochs", s.warmup_epochs,
+             f"must be between 0 and schedule.epochs ({s.epochs})")
+        for name, (b, e, t) in (("schedule.cosine1", s.cosine1), ("schedule.cosine2", s.cosine2)):
+            need(0 <= b and 0 <= e and t >= 1, name, [b, e, t],
+                 "must be [begin, end, T_max] with begin, end >= 0 and T_max >= 1")
+        need(0 <= s.num_last_epochs <= s.epochs, "schedule.num_last_epochs", s.num_last_epochs,
+             f"must be in [0, schedule.epochs] = [0, {s.epochs}]")
+        need(math.isfinite(s.eta_min) and s.eta_min >= 0, "schedule.eta_min", s.eta_min, "must be >= 0")
+        need(math.isfinite(s.bump_factor) and s.bump_factor > 0, "schedule.bump_factor", s.bump_factor,
+             "must be > 0")
+        for i, v in enumerate(self.input_size):
+            need(v >= 32 and v % 32 == 0, f"input_size[{i}]", v,
+                 "must be a positive multiple of 32 (the network's largest stride)")
+        need(a.size_divisor >= 1, "augment.size_divisor", a.size_divisor, "must be >= 1")
+        lo, hi = a.multiscale_range
+        need(0 < lo <= hi, "augment.multiscale_range", [lo, hi], "must be [low, high] with 0 < low <= high")
+        need(-(-lo // a.size_divisor) <= hi // a.size_divisor, "augment.multiscale_range", [lo, hi],
+             f"holds no multiple of augment.size_divisor ({a.size_divisor})")
+        sizes = range(-(-lo // a.size_divisor) * a.size_divisor, hi + 1, a.size_divisor)
+        need(all(v % 32 == 0 for v in sizes[:2]), "augment.size_divisor", a.size_divisor,
+             f"multi-scale sizes {list(sizes[:3])}... must be multiples of 32 (the network's largest stride)")
+        for name in ("mosaic_prob", "mixup_prob", "mixup_flip", "flip_prob"):
+            v = getattr(a, name)
+            need(0.0 <= v <= 1.0, f"augment.{name}", v, "must be a probability in [0, 1]")
+        for name in ("affine_scale", "mixup_ratio", "mosaic_center_range", "stage2_affine_scale"):
+            v0, v1 = getattr(a, name)
+            need(0 < v0 <= v1, f"augment.{name}", [v0, v1], "must be [low, high] with 0 < low <= high")
+        need(d.batch_size >= 1, "data.batch_size", d.batch_size, "must be >= 1")
+        need(d.workers >= 0, "data.workers", d.workers, "must be >= 0")
+        need(d.num_gpus >= 1, "data.num_gpus", d.num_gpus, "must be >= 1")
+        need(bool(d.train), "data.train", d.train, "must name at least one dataset")
+        for i, spec in enumerate(list(d.train) + list(d.stage2_train or [])):
+            need(math.isfinite(spec.ratio) and spec.ratio >= 0, f"data.train[{i}].ratio", spec.ratio,
+                 "must be >= 0")
+        need(math.isfinite(o.lr) and o.lr > 0, "optim.lr", o.lr, "must be a positive number")
+        need(math.isfinite(o.weight_decay) and o.weight_decay >= 0, "optim.weight_decay", o.weight_decay,
+             "must be >= 0")
+        need(all(0 <= b < 1 for b in o.betas), "optim.betas", list(o.betas), "must be in [0, 1)")
+        need(o.base_batch_size >= 1, "optim.base_batch_size", o.base_batch_size, "must be >= 1")
+        need(0 <= self.ema.momentum <= 1, "ema.momentum", self.ema.momentum, "must be in [0, 1]")
+        need(rt.val_interval >= 1, "runtime.val_interval", rt.val_interval, "must be >= 1")
+        need(rt.checkpoint_interval >= 0, "runtime.checkpoint_interval", rt.checkpoint_interval,
+             "must be >= 0 (0: no interval checkpoints)")
+        need(rt.keep_checkpoints >= 0, "runtime.keep_checkpoints", rt.keep_checkpoints,
+             "must be >= 0 (0: keep all)")
+        need(rt.log_interval >= 1, "runtime.log_interval", rt.log_interval, "must be >= 1")
+        need(self.num_keypoints >= 1, "num_keypoints", self.num_keypoints, "must be >= 1")
 
     @classmethod
     def load(cls, name_or_path: str | Path) -> TrainRecipe:

@@ -21,13 +21,20 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from ..checkpoint import CheckpointError
+from ..checkpoint import load_checkpoint as read_checkpoint_file
 from ..config import ResNetConfig, RTMOConfig
+from ..device import resolve_device
+from ..evaluate import EvaluationError
 from . import distributed as du
 from .ema import ModelEMA
 from .optim import LRSchedule, build_optimizer
 from .recipes import LossStage, TrainRecipe
 
 log = logging.getLogger("rtmo.train")
+
+# consecutive non-finite losses after which a run counts as diverged and stops
+MAX_NONFINITE_STEPS = 20
 
 LossFn = Callable[[nn.Module, torch.Tensor, Any], dict[str, torch.Tensor]]
 Evaluator = Callable[[nn.Module], dict[str, float]]
@@ -180,15 +187,99 @@ def save_atomic(obj: Any, path: Path) -> None:
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A training checkpoint to resume from, read by `rtmo.checkpoint.load_checkpoint` (which never runs
+    code and names a corrupt or foreign file); `CheckpointError` when it is not an rtmo training
+    checkpoint."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    ckpt = read_checkpoint_file(path)
+    if not isinstance(ckpt, dict):
+        raise CheckpointError(f"{path} is not a resumable rtmo training checkpoint (it holds a "
+                              f"{type(ckpt).__name__}, not a dict)")
     for key in ("state_dict", "model", "optimizer", "epoch", "iter"):
         if key not in ckpt:
-            raise ValueError(f"{path} is not a resumable rtmo training checkpoint (no {key!r}); to start "
-                             "from its weights use `init_from`, not `resume`")
+            raise CheckpointError(f"{path} is not a resumable rtmo training checkpoint (no {key!r}); to "
+                                  "start from its weights use `init_from` (--init-from), not `resume`")
     return ckpt
+
+
+RUN_FILES = ("last.pth", "best.pth", "metrics.jsonl")
+
+
+def check_run_dir(out_dir: Path, resume: bool) -> None:
+    """A run folder must be a folder, and a new run (not `resume`) must not mix with an old one: its
+    `last.pth`, `best.pth` and `metrics.jsonl` would be overwritten or appended to."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"output folder {out_dir}: is a file, not a folder")
+    for parent in out_dir.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ValueError(f"output folder {out_dir}: {parent} is a file, not a folder")
+            break
+    if resume or not out_dir.is_dir():
+        return
+    found = [n for n in RUN_FILES if (out_dir / n).exists()]
+    found += sorted(p.name for p in out_dir.glob("epoch_*.pth"))
+    if found:
+        raise ValueError(f"output folder {out_dir} already holds a training run ({', '.join(found[:4])}): "
+                         "pass --resume (resume=True) to continue it, or choose another --output")
+
+
+def remove_stale_temp_files(out_dir: Path) -> None:
+    """Delete `.NAME.pth.tmp<pid>` files left by a process that was killed while saving (`save_atomic`)."""
+    for tmp in Path(out_dir).glob(".*.pth.tmp*"):
+        pid = tmp.name.rsplit(".tmp", 1)[-1]
+        if pid.isdigit() and int(pid) != os.getpid() and _pid_alive(int(pid)):
+            continue  # a live process (another rank on this machine) is writing it now
+        try:
+            tmp.unlink()
+            log.info("removed %s, left by an interrupted save", tmp.name)
+        except OSError:
+            pass
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists but belongs to someone else
+        return True
+    return True
+
+
+def truncate_metrics(path: Path, epoch: int, it: int) -> None:
+    """Keep only the records of `metrics.jsonl` a run resumed at (`epoch`, `it`) has already made: the
+    interrupted epoch's records are made again. Rewritten atomically; a torn last line is dropped."""
+    path = Path(path)
+    if not path.is_file():
+        return
+    kept, dropped = [], 0
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            rec = json.loads(line)
+            keep = isinstance(rec, dict) and (rec.get("iter", 0) <= it and rec.get("epoch", 0) < epoch)
+        except ValueError:
+            keep = False
+        if keep:
+            kept.append(line)
+        else:
+            dropped += 1
+    if dropped:
+        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+        tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+        os.replace(tmp, path)
+        log.info("%s: dropped %d record(s) after the resume point (epoch %d)", path.name, dropped, epoch)
+
+
+def val_due(recipe: TrainRecipe, epoch: int) -> bool:
+    """Whether validation runs after 0-based `epoch`: every `val_interval` epochs, the last epoch, and every
+    epoch once mmengine's `dynamic_intervals` milestone is reached. mmengine picks the interval for the
+    epoch count *plus one* (`bisect(milestones, epoch + 1)` with `epoch` already advanced), so with the
+    milestone at 580 it validates after epoch 579 already (669 for the 700-epoch CrowdPose recipes)."""
+    rt, done = recipe.runtime, epoch + 1
+    return (done % rt.val_interval == 0 or done + 1 >= rt.val_every_epoch_from
+            or done == recipe.schedule.epochs)
 
 
 def seed_everything(seed: int) -> None:
@@ -216,6 +307,8 @@ class Trainer:
         self.dist = du.init_distributed(device)
         self.device = self.dist.device
         self.out_dir = Path(out_dir)
+        if self.dist.is_main:  # before any data is read: a wrong folder fails in a second
+            check_run_dir(self.out_dir, resume=bool(resume))
         self.workers = recipe.data.workers if workers is None else workers
         self.max_iters_per_epoch = max_iters_per_epoch
         self.progress = progress and self.dist.is_main
@@ -229,8 +322,11 @@ class Trainer:
         self.ddp: nn.Module = self.model
         if self.dist.distributed:
             ids = [self.device.index] if self.device.type == "cuda" else None
+            # mmengine wraps with broadcast_buffers=False: each GPU keeps its own BatchNorm statistics
+            # (averaged before validation by `average_bn_stats`, mmpose's SyncNormHook)
             self.ddp = nn.parallel.DistributedDataParallel(
-                self.model, device_ids=ids, find_unused_parameters=rt.find_unused_parameters)
+                self.model, device_ids=ids, find_unused_parameters=rt.find_unused_parameters,
+                broadcast_buffers=False)
 
         total_batch = recipe.data.batch_size * self.dist.world_size
         self.optimizer = build_optimizer(self.model, recipe.optim, total_batch)
@@ -240,6 +336,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype is torch.float16)
 
         self.epoch, self.iter = 0, 0
+        self._nonfinite = 0  # consecutive iterations with a non-finite loss
         self.best: dict[str, Any] = {"metric": None, "value": -math.inf, "epoch": -1}
         self.next_size: tuple[int, int] = tuple(recipe.input_size)
         self._loader: DataLoader | None = None
@@ -255,6 +352,9 @@ class Trainer:
         self._tb = None
         if self.dist.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
+            remove_stale_temp_files(self.out_dir)
+            if resume:  # records of the interrupted epoch would be duplicated by the resumed run
+                truncate_metrics(self.out_dir / "metrics.jsonl", self.epoch, self.iter)
             self._metrics = open(self.out_dir / "metrics.jsonl", "a")
             if tensorboard:
                 try:
@@ -310,7 +410,10 @@ class Trainer:
             seed = self._epoch_seed(epoch)
             seed_everything(seed)  # augmentation and multi-scale draws depend on (seed, epoch, rank) only
             loader.generator.manual_seed(seed)  # worker seeds for this epoch
-            self._train_epoch(loader, epoch)
+            try:
+                self._train_epoch(loader, epoch)
+            except Exception as e:
+                raise _unwrap_worker_error(e) from None
             self.epoch = epoch + 1
             metrics = self._maybe_validate(epoch)
             self._save(epoch, metrics)
@@ -343,8 +446,24 @@ class Trainer:
                 out = self.loss_fn(model, images, targets)
                 loss = total_loss(out)
             if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch} iteration {self.iter}: "
-                                         f"{ {k: float(v.mean()) for k, v in out.items()} }")
+                # One bad batch (an fp16 overflow, a degenerate target) must not end a long run: skip its
+                # update, say so, and stop only when the loss stays non-finite.
+                self._nonfinite += 1
+                parts = {k: round(float(v.detach().float().mean()), 4) for k, v in out.items()
+                         if isinstance(v, torch.Tensor)}
+                log.warning("loss is %s at epoch %d iteration %d (%s): update skipped", loss.item(),
+                            epoch + 1, self.iter, parts)
+                if self._nonfinite >= MAX_NONFINITE_STEPS:
+                    raise FloatingPointError(
+                        f"the loss was not finite for {self._nonfinite} iterations in a row (last: epoch "
+                        f"{epoch + 1} iteration {self.iter}, {parts}): the run has diverged; lower optim.lr "
+                        "or resume from an earlier checkpoint")
+                self.optimizer.zero_grad(set_to_none=True)
+                self.iter += 1
+                if bar is not None:
+                    bar.update()
+                continue
+            self._nonfinite = 0
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             self.scaler.unscale_(self.optimizer)
@@ -377,9 +496,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ validation
     def _val_due(self, epoch: int) -> bool:
-        rt, e = self.recipe.runtime, epoch + 1
-        return (e % rt.val_interval == 0 or epoch >= rt.val_every_epoch_from
-                or e == self.recipe.schedule.epochs)
+        return val_due(self.recipe, epoch)
 
     def _maybe_validate(self, epoch: int) -> dict[str, float] | None:
         if self.evaluate is None or not self._val_due(epoch):
@@ -392,13 +509,29 @@ class Trainer:
         net = self.ema.module if self.ema is not None else self.model
         was_training = net.training
         net.eval()
-        with torch.no_grad():
-            metrics = {k: float(v) for k, v in self.evaluate(net).items()}
-        net.train(was_training)
-        if self.ema is not None:
-            self.ema.module.eval()
+        error = None
+        try:
+            with torch.no_grad():
+                metrics = {k: float(v) for k, v in self.evaluate(net).items()}
+        except Exception as e:  # noqa: BLE001 - a failed validation must not lose the epoch's training
+            if self.dist.distributed and not isinstance(e, EvaluationError):
+                raise  # raised on one rank only: the others would wait forever in the collectives
+            error = " ".join(str(e).split())[:300] or type(e).__name__
+            metrics = {"AP": math.nan}
+        finally:
+            net.train(was_training)
+            if self.ema is not None:
+                self.ema.module.eval()
+        bad = [k for k, v in metrics.items() if not math.isfinite(v)]
+        if bad and error is None:
+            error = f"non-finite {', '.join(bad)} (NaN/inf in the predictions: the weights have diverged?)"
         if self.dist.is_main:
-            self._log({"type": "val", "epoch": epoch, "iter": self.iter, **metrics})
+            if error:
+                log.warning("validation after epoch %d: %s; AP recorded as not computable, the checkpoint "
+                            "is saved and training continues", epoch + 1, error)
+            record = {k: (v if math.isfinite(v) else None) for k, v in metrics.items()}
+            self._log({"type": "val", "epoch": epoch, "iter": self.iter, **record,
+                       **({"error": error} if error else {})})
             if self.progress:
                 print(f"epoch {epoch + 1}: " + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
         du.barrier()
@@ -430,7 +563,8 @@ class Trainer:
             "best": dict(self.best),
             "rng": rng_state(),
             "data": {"seed": rec.runtime.seed, "epoch": self.epoch, "stage": self._loader_stage,
-                     "next_size": list(self.next_size), "world_size": self.dist.world_size},
+                     "next_size": list(self.next_size), "world_size": self.dist.world_size,
+                     "workers": self.workers},
         }
 
     def _save(self, epoch: int, metrics: dict[str, float] | None) -> None:
@@ -450,29 +584,60 @@ class Trainer:
             save_atomic(ckpt, self.out_dir / "best.pth")
         if rt.checkpoint_interval > 0 and (epoch + 1) % rt.checkpoint_interval == 0:
             save_atomic(ckpt, self.out_dir / f"epoch_{epoch + 1}.pth")
-            kept = sorted(self.out_dir.glob("epoch_*.pth"), key=lambda p: int(p.stem.split("_")[1]))
+            # the last `keep_checkpoints` interval checkpoints stay (mmengine's max_keep_ckpts)
+            kept = sorted((p for p in self.out_dir.glob("epoch_*.pth") if p.stem[6:].isdigit()),
+                          key=lambda p: int(p.stem[6:]))
             for old in kept[:-rt.keep_checkpoints] if rt.keep_checkpoints > 0 else []:
-                old.unlink()
+                old.unlink(missing_ok=True)
         du.barrier()
 
     def _resume(self, path: str | Path) -> None:
         ckpt = load_checkpoint(path)
-        data = ckpt.get("data", {})
+        data = ckpt.get("data", {}) if isinstance(ckpt.get("data"), dict) else {}
         if data.get("world_size", self.dist.world_size) != self.dist.world_size:
             log.warning("resuming a %s-process run on %s processes: the data order will differ",
                         data.get("world_size"), self.dist.world_size)
-        self.model.load_state_dict(ckpt["model"])
-        if self.ema is not None:
-            self.ema.load_state_dict(ckpt["ema"] or {"steps": 0}, ckpt["state_dict"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.scaler.load_state_dict(ckpt["scaler"])
-        self.schedule.load_state_dict(ckpt["scheduler"])
-        self.epoch, self.iter = int(ckpt["epoch"]), int(ckpt["iter"])
+        self._warn_changed(ckpt, data)
+        try:
+            self.model.load_state_dict(ckpt["model"])
+            if self.ema is not None:
+                self.ema.load_state_dict(ckpt["ema"] or {"steps": 0}, ckpt["state_dict"])
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+            self.scaler.load_state_dict(ckpt["scaler"])
+            self.schedule.load_state_dict(ckpt["scheduler"])
+            self.epoch, self.iter = int(ckpt["epoch"]), int(ckpt["iter"])
+        except (RuntimeError, KeyError, ValueError, TypeError) as e:
+            first = " ".join(str(e).split())[:300]
+            raise CheckpointError(f"{path}: cannot resume this run from it: it was saved by another model or "
+                                  f"recipe (architecture, keypoints or optimizer groups differ): {first}"
+                                  ) from None
+        if self.epoch >= self.recipe.schedule.epochs:
+            log.warning("%s: the run already finished its %d epochs; nothing left to train", path,
+                        self.recipe.schedule.epochs)
+        log.info("resumed from epoch %d (iteration %d) of %s", self.epoch, self.iter, path)
         self.best = dict(ckpt.get("best") or self.best)
         if "next_size" in data:
             self.next_size = tuple(data["next_size"])
         if "rng" in ckpt:
             set_rng_state(ckpt["rng"])
+
+    def _warn_changed(self, ckpt: dict[str, Any], data: dict[str, Any]) -> None:
+        """Name every setting of the resumed run that differs from the checkpoint's: the schedule (epochs),
+        the batch and the data order (workers) then differ from the interrupted run."""
+        meta = ckpt.get("meta") if isinstance(ckpt.get("meta"), dict) else {}
+        old = meta.get("recipe") if isinstance(meta.get("recipe"), dict) else {}
+        changes = []
+        pairs = (("epochs", (old.get("schedule") or {}).get("epochs"), self.recipe.schedule.epochs),
+                 ("batch size", (old.get("data") or {}).get("batch_size"), self.recipe.data.batch_size),
+                 ("workers", data.get("workers"), self.workers),
+                 ("input size", old.get("input_size"), list(self.recipe.input_size)),
+                 ("learning rate", (old.get("optim") or {}).get("lr"), self.recipe.optim.lr))
+        for name, was, now in pairs:
+            if was is not None and (list(was) if isinstance(was, (list, tuple)) else was) != now:
+                changes.append(f"{name} {was} -> {now}")
+        if changes:
+            log.warning("resuming with settings that differ from the checkpoint's (%s): the rest of the run "
+                        "will not match the interrupted one", ", ".join(changes))
 
     # ------------------------------------------------------------------ logging
     def _log(self, record: dict[str, Any]) -> None:
@@ -495,6 +660,22 @@ class Trainer:
                 self._metrics.close()
             if self._tb is not None:
                 self._tb.close()
+
+
+def _unwrap_worker_error(e: Exception) -> Exception:
+    """A DataLoader worker's exception re-raised in the main process carries the worker's whole traceback
+    in its message; give back the original one-line message (same type) so the user sees the problem."""
+    msg = str(e)
+    if not (msg.startswith("Caught ") and "Original Traceback" in msg):
+        return e
+    last = msg.strip().splitlines()[-1]
+    name = type(e).__name__
+    if ": " in last and last.split(": ", 1)[0].rsplit(".", 1)[-1] == name:
+        last = last.split(": ", 1)[1]
+    try:
+        return type(e)(last)
+    except Exception:  # noqa: BLE001 - an exception type with another signature: keep it as it is
+        return e
 
 
 def _hms(seconds: float) -> str:
@@ -596,6 +777,10 @@ def train(recipe: TrainRecipe | str | Path, *, data_root: str | Path | None = No
     """
     from ..model import RTMO
 
+    if workers is not None and workers < 0:
+        raise ValueError(f"workers (--workers) must be >= 0, got {workers}")
+    if device is not None:
+        resolve_device(device)  # a device this machine lacks fails now, not after the data is read
     if not isinstance(recipe, TrainRecipe):
         recipe = TrainRecipe.load(recipe)
     over: dict[str, Any] = {}
@@ -640,6 +825,11 @@ def train(recipe: TrainRecipe | str | Path, *, data_root: str | Path | None = No
     out_dir = Path(out_dir)
     if resume is True:
         resume = out_dir / "last.pth"
+    # Checked before any data is read or weights are downloaded: a wrong folder or file fails at once.
+    if int(os.environ.get("RANK", "0")) == 0:
+        check_run_dir(out_dir, resume=bool(resume))
+    if resume:
+        load_checkpoint(resume)
     if data is None:
         data = default_train_data(recipe)
     kinfo = getattr(data.build_dataset(1), "keypoint_info", None)
@@ -685,26 +875,40 @@ def model_config(recipe: TrainRecipe) -> RTMOConfig:
 
 
 def scale_epochs(recipe: TrainRecipe, epochs: int) -> TrainRecipe:
-    """The recipe with its epoch milestones rescaled to `epochs` total (short runs with the same shape)."""
-    if epochs < 1:
-        raise ValueError(f"epochs must be >= 1, got {epochs}")
+    """The recipe with its epoch milestones rescaled to `epochs` total (short runs with the same shape).
+
+    Milestones keep their order (warm-up, then the first cosine, the bump, the second cosine), each phase
+    at least an epoch long where the run has room, and the learning rate is capped at its base value
+    (`schedule.cap_at_base`): with few iterations the first cosine cannot decay before the x2.5 bump, which
+    would otherwise lift the LR above base. Interval checkpoints are scaled too, but a short run never
+    writes one per epoch: below 2 epochs the interval is 0 (only last.pth and best.pth are written).
+    """
+    if not isinstance(epochs, int) or epochs < 1:
+        raise ValueError(f"epochs must be an integer >= 1, got {epochs!r}")
     s, rt = recipe.schedule, recipe.runtime
     f = epochs / s.epochs
 
     def e(v: int) -> int:
         return int(round(v * f))
 
-    def tri(t: tuple[int, int, int]) -> list[int]:
-        return [e(t[0]), max(e(t[1]), e(t[0])), max(e(t[2]), 1)]
-
+    warm = max(e(s.warmup_epochs), 1 if epochs > 1 else 0)
+    b1 = max(e(s.cosine1[0]), warm)  # the official first cosine starts where warm-up ends
+    e1 = max(e(s.cosine1[1]), min(b1 + 1, epochs))
+    t1 = max(e(s.cosine1[2]), e1 - b1, 1)
+    bump = max(e(s.bump_epoch), e1)
+    b2 = max(e(s.cosine2[0]), bump)
+    e2 = max(e(s.cosine2[1]), b2)
+    t2 = max(e(s.cosine2[2]), 1)
+    interval = e(rt.checkpoint_interval) if rt.checkpoint_interval > 0 else 0
     return recipe.with_overrides(**{
-        "schedule.epochs": epochs, "schedule.warmup_epochs": max(e(s.warmup_epochs), 1 if epochs > 1 else 0),
-        "schedule.cosine1": tri(s.cosine1), "schedule.bump_epoch": e(s.bump_epoch),
-        "schedule.cosine2": tri(s.cosine2), "schedule.head_switch_epoch": e(s.head_switch_epoch),
+        "schedule.epochs": epochs, "schedule.warmup_epochs": warm,
+        "schedule.cosine1": [b1, e1, t1], "schedule.bump_epoch": bump, "schedule.cosine2": [b2, e2, t2],
+        "schedule.head_switch_epoch": e(s.head_switch_epoch),
         "schedule.num_last_epochs": min(e(s.num_last_epochs), epochs - 1),
+        "schedule.cap_at_base": True,
         "runtime.val_interval": max(e(rt.val_interval), 1),
         "runtime.val_every_epoch_from": e(rt.val_every_epoch_from),
-        "runtime.checkpoint_interval": max(e(rt.checkpoint_interval), 1),
+        "runtime.checkpoint_interval": interval if interval >= 2 else 0,
     })
 
 
