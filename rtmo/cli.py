@@ -393,6 +393,9 @@ def run_val(args: argparse.Namespace) -> int:
     out = Path(args.output) if args.output is not None else None
     if out is not None and out.suffix.lower() == ".json":
         raise CLIError(f"--output {out}: give a folder; metrics.json is written inside it")
+    blocker = next((p for p in (out, *out.parents) if p.exists() and not p.is_dir()), None) if out else None
+    if blocker is not None:
+        raise CLIError(f"--output {out}: {blocker} is a file, not a folder")
     require("pycocotools")
     from .evaluate import evaluate, evaluate_model, format_metrics, load_annotations, write_metrics
 

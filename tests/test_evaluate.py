@@ -478,9 +478,10 @@ def test_deeply_nested_json_and_bad_output(tmp_path, capsys):
     gt = _load(COCO_ANN)
     res = tmp_path / "res.json"
     res.write_text(json.dumps(gt_as_predictions(gt)))
-    assert main(["val", str(COCO_ANN), "--results", str(res), "-o", str(tmp_path)]) == 2
-    assert "is a folder, not a file" in capsys.readouterr().err
-    assert main(["val", str(COCO_ANN), "--results", str(res), "-o", str(res / "m.json")]) == 2
+    # -o is a run folder (metrics.json inside): a .json path, or a path below a file, is refused
+    assert main(["val", str(COCO_ANN), "--results", str(res), "-o", str(res)]) == 2
+    assert "give a folder" in capsys.readouterr().err
+    assert main(["val", str(COCO_ANN), "--results", str(res), "-o", str(res / "run")]) == 2
     assert "is a file, not a folder" in capsys.readouterr().err
 
 
