@@ -5,8 +5,19 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .onnx import export_onnx, read_metadata
-from .runtime import OnnxRuntimeModel, OpenVINOModel, TensorRTModel, build_engine, load_exported
+# Imported on first use (PEP 562): `import rtmo.export.runtime` must not pull torch in through `.onnx`.
+_LAZY = {"export_onnx": "onnx", "read_metadata": "runtime", "OnnxRuntimeModel": "runtime",
+         "OpenVINOModel": "runtime", "TensorRTModel": "runtime", "build_engine": "runtime",
+         "load_exported": "runtime"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(name)
+
 
 FORMATS = ("onnx", "openvino", "tensorrt")
 
@@ -24,6 +35,9 @@ def export(model: Any, path: str | Path | None = None, format: str = "onnx", **k
         path = Path(f"rtmo-{variant}.onnx")
     path = Path(path)
     onnx_path = path if path.suffix == ".onnx" else path.with_suffix(".onnx")
+    from .onnx import export_onnx
+    from .runtime import build_engine
+
     half = kwargs.pop("half", True)
     out = export_onnx(model, onnx_path, **kwargs)
     if format == "tensorrt":

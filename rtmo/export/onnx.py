@@ -34,10 +34,7 @@ from torch import nn
 from ..nn.head import flatten_maps
 from ..ops.boxes import decode_boxes, grid_priors, nms, xyxy_to_cs
 from ..ops.letterbox import PAD_VALUE
-
-INPUT_NAME = "input"
-OUTPUT_NAMES = ("dets", "keypoints")
-METADATA_PREFIX = "rtmo."
+from .runtime import INPUT_NAME, METADATA_PREFIX, OUTPUT_NAMES, read_metadata  # noqa: F401 (contract)
 
 
 class _NonMaxSuppression(torch.autograd.Function):
@@ -151,16 +148,6 @@ def metadata_for(model: nn.Module, score_thr: float, nms_thr: float) -> dict[str
                                                "rows past an image's count are zero padding",
     }
     return {METADATA_PREFIX + k: json.dumps(v) for k, v in meta.items()}
-
-
-def read_metadata(onnx_model: Any) -> dict[str, Any]:
-    """The `rtmo.*` metadata of an onnx ModelProto (or of a {key: str} mapping) as Python values."""
-    if isinstance(onnx_model, dict):
-        props = onnx_model
-    else:
-        props = {p.key: p.value for p in onnx_model.metadata_props}
-    n = len(METADATA_PREFIX)
-    return {k[n:]: json.loads(v) for k, v in props.items() if k.startswith(METADATA_PREFIX)}
 
 
 def export_onnx(model: nn.Module, path: str | Path, dynamic_batch: bool = True, dynamic_hw: bool = False,
@@ -301,7 +288,7 @@ def check_onnx(model: nn.Module, path: str | Path, images: list[Any] | None = No
     for i, img in enumerate(arrays):
         batch, _ = preprocess([img], tuple(model.input_size))
         try:
-            ref = model.predict_tensor(batch.to(model.device))
+            ref = model.predict_tensor(batch)
             stats = compare_outputs(ref, ort_model.predict_tensor(batch))
         except RuntimeError as e:
             raise RuntimeError(f"ONNX check of {path} failed on check image {i}: {e}") from None
