@@ -460,6 +460,11 @@ class ModelManager:
         if backend not in (None, "torch"):
             raise ValueError(f"backend {backend!r} runs exported files; export {key} first (rtmo export "
                              f"--model {key}) or use backend='torch'")
+        try:
+            import torch as _torch  # noqa: F401
+        except ImportError:
+            raise ImportError(f"{key}: checkpoints need PyTorch: pip install \"rtmo[torch]\" (exported .onnx / "
+                              ".xml models run without it)") from None
         from .device import resolve_device
         from .model import PRECISIONS, RTMO
 
