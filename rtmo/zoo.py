@@ -463,8 +463,8 @@ class ModelManager:
         try:
             import torch as _torch  # noqa: F401
         except ImportError:
-            raise ImportError(f"{key}: checkpoints need PyTorch: pip install \"rtmo[torch]\" (exported .onnx / "
-                              ".xml models run without it)") from None
+            raise ImportError(f"{key}: checkpoints need PyTorch: pip install \"rtmo[torch]\" (exported "
+                              ".onnx / .xml models run without it)") from None
         from .device import resolve_device
         from .model import PRECISIONS, RTMO
 
