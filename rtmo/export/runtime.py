@@ -108,8 +108,8 @@ class ExportedModel:
                  precision: str = "fp32"):
         self.path = Path(path)
         self.metadata = metadata
-        self.precision = precision
-        self.official = not metadata  # an mmdeploy file: no rtmo metadata
+        self.precision = "int8" if metadata.get("precision") == "int8" else precision  # see quantize.py
+        self.official = "keypoint_names" not in metadata  # an mmdeploy file (maybe quantized by rtmo)
         self.static_batch = input_dims[0] is not None
         if "input_size" in metadata:
             self.input_size: tuple[int, int] = tuple(int(v) for v in metadata["input_size"])
@@ -124,8 +124,6 @@ class ExportedModel:
                 metadata.get("keypoint_set", "custom"), tuple(metadata["keypoint_names"]),
                 tuple(tuple(p) for p in metadata["skeleton"]), tuple(metadata["flip_indices"]),
                 tuple(metadata["sigmas"]))
-        elif not self.official:
-            raise ModelFileError(f"{self.path}: rtmo metadata without keypoint names")
         else:  # mmdeploy file: K from the output shape, else from a first run; COCO names when 17
             self.keypoint_info = keypoint_info_for(num_keypoints) if num_keypoints else None
         self.class_names: tuple[str, ...] = tuple(metadata.get("class_names", ("person",)))
@@ -370,7 +368,8 @@ class OnnxRuntimeModel(ExportedModel):
         _check_contract(path, ins, outs)
         meta = read_metadata(dict(self.session.get_modelmeta().custom_metadata_map))
         kpt_dims = dict((n, d) for n, d, _ in outs)["keypoints"]
-        super().__init__(path, meta, ins[0][1], kpt_dims[2], {} if meta else graph_selection(path))
+        selection = {} if "score_thr" in meta else graph_selection(path)
+        super().__init__(path, meta, ins[0][1], kpt_dims[2], selection)
         self._input_name = ins[0][0]
         self._output_names = list(OUTPUT_NAMES)
 
@@ -431,11 +430,12 @@ class OpenVINOModel(ExportedModel):
         self.request = self.compiled.create_infer_request()
         if path.suffix.lower() == ".onnx":
             meta = read_metadata(_onnx_props(path))
-            selection = selection if meta else {**selection, **graph_selection(path)}
+            selection = selection if "score_thr" in meta else {**selection, **graph_selection(path)}
         else:
             meta = _ir_metadata(model)
         kpt_dims = dict((n, d) for n, d, _ in outs)["keypoints"]
-        super().__init__(path, meta, ins[0][1], kpt_dims[2], {} if meta else selection, precision)
+        super().__init__(path, meta, ins[0][1], kpt_dims[2], {} if "score_thr" in meta else selection,
+                         precision)
         self.num_threads = num_threads
         ports = {o.get_any_name(): o for o in self.compiled.outputs}
         self._outputs = [ports[n] for n in OUTPUT_NAMES]
@@ -531,8 +531,8 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, half: bool = Tr
     inp = network.get_input(0)
     _, c, h, w = inp.shape
     meta = read_metadata(_onnx_props(onnx_path))
-    if not meta:
-        meta = {"selection": graph_selection(onnx_path)}
+    if "score_thr" not in meta:  # an mmdeploy file: keep what its graph bakes in
+        meta["selection"] = graph_selection(onnx_path)
     if h < 0 or w < 0:
         w, h = meta.get("input_size", (640, 640))
     profile = builder.create_optimization_profile()
