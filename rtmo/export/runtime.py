@@ -619,6 +619,10 @@ def _make_output_allocator(trt: Any, torch: Any, device: Any) -> Any:
                 buf = self.buffers[name] = torch.empty(max(size, 1), dtype=torch.uint8, device=device)
             return buf.data_ptr()
 
+        def reallocate_output_async(self, name: str, memory: int, size: int, alignment: int,
+                                    stream: Any = None) -> int:  # the TensorRT >= 10 name
+            return self.reallocate_output(name, memory, size, alignment)
+
         def notify_shape(self, name: str, shape: Any) -> None:
             self.shapes[name] = tuple(shape)
 
