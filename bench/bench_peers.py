@@ -88,7 +88,46 @@ def rtmlib_boxes(model, img: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.nda
     boxes, scores = dets[0, :, :4] / ratio, dets[0, :, 4]
     _, keep = multiclass_nms(boxes, scores[:, None], nms_thr=model.nms_thr, score_thr=model.score_thr)
     keep = np.array([], np.int64) if keep is None else np.asarray(keep)
-    return boxes[keep], kpts[0, keep, :, :2] / ratio, scores[keep]
+    return boxes[keep], kpts[0, keep, :, :2] / ratio, scores[keep], kpts[0, keep, :, 2]
+
+
+def trained_pose_difference(ckpt: Path, threads: int) -> dict:
+    """On a trained checkpoint (bench/overfit.py): rtmlib on its ONNX vs rtmo's PyTorch model (the
+    mmpose pipeline, bit-exact) on the 4 COCO images: keypoint deviation and COCO AP of each."""
+    import tempfile
+
+    from rtmlib import RTMO as RtmlibRTMO
+
+    from rtmo import ModelManager
+    from rtmo.evaluate import evaluate, pose_result_to_coco
+
+    onnx_path = Path(tempfile.mkdtemp(prefix="rtmo-peers-")) / "trained.onnx"
+    code = ("import torch; torch.set_num_threads(2); from rtmo import ModelManager; "
+            "from rtmo.export.onnx import export_onnx; "
+            f"export_onnx(ModelManager.get({str(ckpt)!r}, device='cpu'), {str(onnx_path)!r}, check=False)")
+    subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    ours = ModelManager.get(ckpt, device="cpu", num_threads=threads)
+    w, h = ours.input_size
+    theirs = RtmlibRTMO(str(onnx_path), model_input_size=(h, w), score_thr=0.1, nms_thr=0.65)
+    ann = SHARED / "data" / "coco" / "test_coco.json"
+    gt = json.loads(ann.read_text())
+    recs: dict[str, list] = {"rtmo": [], "rtmlib": []}
+    devs = []
+    for im in gt["images"]:
+        path = ann.parent / im["file_name"]
+        r = ours.infer(str(path))
+        boxes, kpts, scores, kscores = rtmlib_boxes(theirs, cv2.imread(str(path)))
+        keep = r.scores >= 0.3
+        devs.append(matched_deviations(r.boxes[keep], r.keypoints[keep], boxes, kpts)[0])
+        recs["rtmo"] += pose_result_to_coco(r, im["id"])
+        for b, k, sc, ks in zip(boxes, kpts, scores, kscores):
+            recs["rtmlib"].append({"image_id": im["id"], "category_id": 1, "score": float(sc),
+                                   "keypoints": np.concatenate([k, ks[:, None]], 1).ravel().tolist(),
+                                   "bbox": [float(v) for v in (b[0], b[1], b[2] - b[0], b[3] - b[1])]})
+    dev = np.concatenate(devs) if sum(map(len, devs)) else np.array([np.nan])
+    return {"checkpoint": str(ckpt), "rtmlib_vs_rtmo_kpt_median_px": float(np.median(dev)),
+            "rtmlib_vs_rtmo_kpt_p95_px": float(np.percentile(dev, 95)),
+            "AP_rtmo": evaluate(ann, recs["rtmo"])["AP"], "AP_rtmlib": evaluate(ann, recs["rtmlib"])["AP"]}
 
 
 def pose_difference(threads: int) -> dict:
@@ -110,7 +149,7 @@ def pose_difference(threads: int) -> dict:
         n = min(len(ref["bboxes"]), 50)  # mmdeploy's graph keeps at most 50
         rb, rk = ref["bboxes"][:n], ref["keypoints"][:n]
         r = ours.infer(str(img_path))
-        boxes, kpts, _ = rtmlib_boxes(theirs, cv2.imread(str(img_path)))
+        boxes, kpts, _, _ = rtmlib_boxes(theirs, cv2.imread(str(img_path)))
         out[stem] = {"rtmo_vs_mmpose": keypoint_deviation(rb, rk, r.boxes, r.keypoints),
                      "rtmlib_vs_mmpose": keypoint_deviation(rb, rk, boxes, kpts),
                      "detections": {"mmpose": n, "rtmo": len(r), "rtmlib": len(boxes)}}
@@ -126,6 +165,8 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", default="bench_peers.json")
+    ap.add_argument("--trained", type=Path, default=None, help="a trained checkpoint (bench/overfit.py): "
+                    "also compare rtmlib's poses with rtmo's on it (deviation, COCO AP on the 4 images)")
     args = ap.parse_args()
     from rtmlib import RTMO as RtmlibRTMO
 
@@ -193,7 +234,14 @@ def main() -> None:
             print(f"  {stem:<14} rtmo {a['median_px']:.4f} / {a['p95_px']:.3f}   rtmlib "
                   f"{b['median_px']:.2f} / {b['p95_px']:.2f} ({b['matched']}/{b['of']} matched)   "
                   f"dets {p['detections']}")
-    out = {"onnx": str(onnx_path), "image": image, "threads": args.threads, "runs": args.runs,
+    trained = trained_pose_difference(args.trained, args.threads) if args.trained else {}
+    if trained:
+        print(f"\ntrained {args.trained.name}: rtmlib vs rtmo keypoints median "
+              f"{trained['rtmlib_vs_rtmo_kpt_median_px']:.2f} / p95 "
+              f"{trained['rtmlib_vs_rtmo_kpt_p95_px']:.2f} px; AP rtmo {trained['AP_rtmo']:.3f}, "
+              f"rtmlib {trained['AP_rtmlib']:.3f}")
+    out = {"trained": trained, "onnx": str(onnx_path), "image": image, "threads": args.threads,
+           "runs": args.runs,
            "median_s": med, "p_graph_s": {k: statistics.median(v) for k, v in graph.items()},
            "detections": dets, "ratio_rtmo_ort_vs_rtmlib": ratio, "passes": ratio <= 0.9, "poses": poses}
     Path(args.json).write_text(json.dumps(out, indent=2))
