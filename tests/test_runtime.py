@@ -202,6 +202,10 @@ def test_torch_checkpoint_follows_the_device_rule():
     assert m.device == resolve_device(None) and m.input_size == (320, 320)
     with pytest.raises(ValueError, match="backend 'onnxruntime'"):
         ModelManager.get(fixture_checkpoint("t"), backend="onnxruntime")
+    with pytest.raises(ValueError, match="exported for 416x416"):
+        ModelManager.get(_mmdeploy(), input_size=(320, 320))
+    with pytest.raises(ValueError, match="unknown backend"):
+        ModelManager.get(_mmdeploy(), backend="tflite")
 
 
 def test_our_export_without_torch_matches_the_torch_model(tmp_path):

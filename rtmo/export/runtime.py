@@ -313,9 +313,10 @@ def graph_selection(path: str | Path) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------- ONNX Runtime
-# ONNX Runtime's intra-op threads spin after each run waiting for more work; the letterbox and decoding
-# between runs then compete with them for the same cores. Measured on 2 cores (bench/bench_peers.py):
-# see SPINNING_DEFAULT below.
+# ONNX Runtime's intra-op threads spin after each run waiting for more work; the decoding and letterbox
+# between runs (and any other process or torch pool) then compete with them for the same cores. Measured
+# with bench/bench_peers.py (RTMO-s 640, 2 threads, alternating rounds, a shared 2-core machine): end to
+# end 408 ms without spinning vs 617 ms with it (rtmlib, which keeps ORT's default spinning: 633 ms).
 SPINNING_DEFAULT = False
 
 
