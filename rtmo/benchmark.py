@@ -187,7 +187,7 @@ def _rss_mib(field: str = "VmHWM") -> float | None:
 
 
 def _memory(fn: Callable[[], Any], on_cuda: bool) -> dict[str, float | None]:
-    if on_cuda:
+    if on_cuda and _torch_cuda():
         import torch
 
         torch.cuda.synchronize()
@@ -301,10 +301,20 @@ def benchmark(model_or_path: Any, backend: str | None = None, batch_sizes: tuple
 
 
 def _cuda_sync() -> None:
-    import torch
-
+    try:  # exported models on CUDA return host arrays (already synchronised); torch may be absent
+        import torch
+    except ImportError:
+        return
     if torch.cuda.is_available():
         torch.cuda.synchronize()
+
+
+def _torch_cuda() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
 
 
 def _torch_threads(backend: str) -> int | None:
