@@ -108,6 +108,8 @@ class ExportedModel:
                  precision: str = "fp32"):
         self.path = Path(path)
         self.metadata = metadata
+        self.checkpoint_info = {"name": self.path.name, "path": str(self.path.resolve()),
+                                "sha256": metadata.get("checkpoint_sha256")}  # as RTMO.checkpoint_info
         self.precision = "int8" if metadata.get("precision") == "int8" else precision  # see quantize.py
         self.official = "keypoint_names" not in metadata  # an mmdeploy file (maybe quantized by rtmo)
         self.static_batch = input_dims[0] is not None
