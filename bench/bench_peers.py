@@ -206,7 +206,10 @@ def main() -> None:
             if r >= args.warmup:
                 times[name].append(time.perf_counter() - t)
     # session.run alone, same alternation, to split graph time from the pipeline around it
-    x = np.random.default_rng(0).integers(0, 256, (1, 3, size[1], size[0])).astype(np.float32)
+    from rtmo.infer.api import preprocess
+    from rtmo.infer.image import read_image
+
+    x = preprocess([read_image(image)], size)[0]  # the same letterboxed image for both sessions
     graph = {"rtmlib": [], "rtmo-ort": []}
     for _ in range(args.runs):
         for name in graph:
