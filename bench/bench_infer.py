@@ -62,7 +62,7 @@ def main() -> None:
         else:
             model, weights = rtmo.RTMO(rtmo.RTMOConfig.preset(args.variant)).eval(), "random init"
     image = args.image if Path(args.image).is_file() else str(ROOT / "rtmo/assets/sample.jpg")
-    batch, _ = preprocess([read_image(image)], model.input_size)
+    batch = torch.from_numpy(preprocess([read_image(image)], model.input_size)[0])
 
     with torch.inference_mode():
         fwd = timed(lambda: model.forward_maps(batch), args.runs, args.warmup)

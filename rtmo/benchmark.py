@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import statistics
 import sys
 import tempfile
@@ -27,58 +28,71 @@ from typing import Any
 
 import cv2
 import numpy as np
-import torch
 
 BACKENDS = ("torch", "torch-compile", "onnxruntime", "openvino", "tensorrt")
-DATA_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data"
+EXPORTED = {".onnx": "onnxruntime", ".xml": "openvino", ".engine": "tensorrt", ".plan": "tensorrt",
+            ".trt": "tensorrt"}
+SAMPLE_IMAGE = Path(__file__).resolve().parent / "assets" / "sample.jpg"
 
 
 # ------------------------------------------------------------------------------------------ models
-def load_backend(model_or_path: Any, backend: str, threads: int | None = None, device: str = "cpu",
-                 workdir: str | Path | None = None) -> Any:
-    """An object with the RTMO inference API (`input_size`, `predict_tensor`, `infer`) on `backend`.
+def default_backend(model_or_path: Any) -> str:
+    """The backend a model runs on when none is named: by file suffix, torch for checkpoints."""
+    suffix = Path(str(model_or_path)).suffix.lower() if isinstance(model_or_path, (str, Path)) else ""
+    return EXPORTED.get(suffix, "torch")
+
+
+def load_backend(model_or_path: Any, backend: str | None = None, threads: int | None = None,
+                 device: str | None = None, workdir: str | Path | None = None, precision: str = "fp32"
+                 ) -> Any:
+    """An object with the RTMO inference API (`input_size`, `predict_tensor`, `infer`) on `backend`
+    (default: `default_backend`).
 
     `model_or_path`: an RTMO, a checkpoint path / official name (torch backends, or exported on the fly),
-    or an exported .onnx / .engine file. Exports go to `workdir` (a temporary folder by default).
+    or an exported .onnx / .xml / .engine file. Exports go to `workdir` (a temporary folder by default).
     """
+    backend = backend or default_backend(model_or_path)
     if backend not in BACKENDS:
-        raise ValueError(f"unknown backend {backend!r}; choose from {BACKENDS}")
-    if threads:
-        torch.set_num_threads(threads)
+        raise ValueError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
     suffix = Path(str(model_or_path)).suffix.lower() if isinstance(model_or_path, (str, Path)) else ""
     if backend in ("torch", "torch-compile"):
-        if suffix in (".onnx", ".engine", ".xml"):
+        if suffix in EXPORTED:
             raise ValueError(f"backend {backend!r} needs a PyTorch model or checkpoint, got {model_or_path}")
-        model = _torch_model(model_or_path, device)
+        import torch
+
+        if threads:
+            torch.set_num_threads(threads)
+        model = _torch_model(model_or_path, device, precision)
         if backend == "torch-compile":
             import copy
 
             model = copy.deepcopy(model)
             model.forward_maps = torch.compile(model.forward_maps)  # NMS/DCC stay eager (dynamic sizes)
         return model
-    from .export.runtime import OnnxRuntimeModel, OpenVINOModel, TensorRTModel, build_engine
+    from .export.runtime import build_engine, load_exported
 
-    if suffix in (".engine", ".plan", ".trt"):
-        if backend != "tensorrt":
+    if suffix in EXPORTED:
+        if suffix in (".engine", ".plan", ".trt") and backend != "tensorrt":
             raise ValueError(f"{model_or_path} is a TensorRT engine; use backend='tensorrt'")
-        return TensorRTModel(model_or_path)
-    onnx_path = Path(model_or_path) if suffix == ".onnx" else _export(model_or_path, device, workdir)
-    if backend == "onnxruntime":
-        return OnnxRuntimeModel(onnx_path, num_threads=threads)
-    if backend == "openvino":
-        return OpenVINOModel(onnx_path, num_threads=threads)
-    return TensorRTModel(build_engine(onnx_path, onnx_path.with_suffix(".engine"), half=True))
+        return load_exported(model_or_path, backend, num_threads=threads, device=device, precision=precision)
+    onnx_path = _export(model_or_path, workdir)
+    if backend == "tensorrt":
+        onnx_path = build_engine(onnx_path, onnx_path.with_suffix(".engine"), half=precision != "fp32")
+    return load_exported(onnx_path, backend, num_threads=threads, device=device,
+                         precision="fp32" if backend == "tensorrt" else precision)
 
 
-def _torch_model(model_or_path: Any, device: str) -> Any:
-    if isinstance(model_or_path, torch.nn.Module):
-        return model_or_path.eval().to(device)
+def _torch_model(model_or_path: Any, device: str | None, precision: str = "fp32") -> Any:
+    if hasattr(model_or_path, "predict_tensor") and hasattr(model_or_path, "parameters"):
+        from .device import resolve_device
+
+        return model_or_path.eval().to(resolve_device(device)).set_precision(precision)
     from .zoo import ModelManager
 
-    return ModelManager.get(str(model_or_path), device=device)
+    return ModelManager.get(str(model_or_path), device=device, precision=precision)
 
 
-def _export(model_or_path: Any, device: str, workdir: str | Path | None) -> Path:
+def _export(model_or_path: Any, workdir: str | Path | None) -> Path:
     from .export.onnx import export_onnx
 
     model = _torch_model(model_or_path, "cpu")
@@ -88,25 +102,19 @@ def _export(model_or_path: Any, device: str, workdir: str | Path | None) -> Path
 
 
 # ------------------------------------------------------------------------------------------ images
-def default_images(data_root: Path = DATA_ROOT) -> list[Path]:
-    """The real COCO/CrowdPose images of the shared data folder (or noise images when it is absent)."""
-    found = sorted(data_root.glob("coco/*.jpg")) + sorted(data_root.glob("crowdpose/*.jpg"))
-    if found:
-        return found
-    folder = Path(tempfile.mkdtemp(prefix="rtmo-bench-img-"))
-    rng = np.random.default_rng(0)
-    for i in range(4):
-        cv2.imwrite(str(folder / f"noise{i}.jpg"), rng.integers(0, 256, (480, 640, 3), dtype=np.uint8))
-    return sorted(folder.glob("*.jpg"))
+def default_images() -> list[Path]:
+    """The photo shipped with the package (people in a real scene)."""
+    return [SAMPLE_IMAGE]
 
 
-def crowd_images(counts: tuple[int, ...] = (1, 5, 10, 20), data_root: Path = DATA_ROOT,
+def crowd_images(data_root: str | Path, counts: tuple[int, ...] = (1, 5, 10, 20),
                  out_dir: str | Path | None = None, canvas: tuple[int, int] = (960, 720)) -> dict[int, Path]:
     """One JPEG per count with that many real people: person boxes (annotations with >= 5 keypoints) of
     the COCO and CrowdPose test images, cropped with a 10% margin, cycled if there are too few, each resized
     to fit its cell of a ceil(sqrt(n)) grid on a grey (114) canvas of `canvas` (w, h) pixels."""
     crops = []
-    for ann_file in sorted(data_root.glob("*/test_*.json")):
+    data_root = Path(data_root)
+    for ann_file in sorted(data_root.glob("*/test_*.json")) + sorted(data_root.glob("test_*.json")):
         data = json.loads(ann_file.read_text())
         files = {im["id"]: ann_file.parent / im["file_name"] for im in data["images"]}
         for ann in data["annotations"]:
@@ -179,7 +187,9 @@ def _rss_mib(field: str = "VmHWM") -> float | None:
 
 
 def _memory(fn: Callable[[], Any], on_cuda: bool) -> dict[str, float | None]:
-    if on_cuda:
+    if on_cuda and _torch_cuda():
+        import torch
+
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         fn()
@@ -196,62 +206,127 @@ def _memory(fn: Callable[[], Any], on_cuda: bool) -> dict[str, float | None]:
             "python_heap_peak_mib": py_peak / 2**20}
 
 
-def benchmark(model_or_path: Any, backend: str = "torch", batch_sizes: tuple[int, ...] = (1, 4),
+def tiled_images(image: str | Path, grids: tuple[int, ...] = (1, 2, 3, 4), out_dir: str | Path | None = None
+                 ) -> dict[int, Path]:
+    """`image` repeated on a g x g grid (same canvas size), one JPEG per g: more people at the same input
+    size, for `persons_mode` without annotations."""
+    from .infer.image import read_image
+
+    img = read_image(image)
+    h, w = img.shape[:2]
+    folder = Path(out_dir or tempfile.mkdtemp(prefix="rtmo-crowd-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    out = {}
+    for g in grids:
+        tile = cv2.resize(img, (max(w // g, 1), max(h // g, 1)), interpolation=cv2.INTER_AREA)
+        canvas = np.full((h, w, 3), 114, np.uint8)
+        for r in range(g):
+            for c in range(g):
+                th, tw = tile.shape[:2]
+                canvas[r * th:(r + 1) * th, c * tw:(c + 1) * tw] = tile
+        out[g * g] = folder / f"tiled_{g}x{g}.jpg"
+        cv2.imwrite(str(out[g * g]), canvas, [cv2.IMWRITE_JPEG_QUALITY, 95])
+    return out
+
+
+def benchmark(model_or_path: Any, backend: str | None = None, batch_sizes: tuple[int, ...] = (1, 4),
               runs: int = 20, warmup: int = 3, persons_mode: bool = False,
               images: list[str | Path] | None = None,
-              threads: int | None = None, device: str = "cpu", workdir: str | Path | None = None,
-              model: Any = None) -> dict[str, Any]:
+              threads: int | None = None, device: str | None = None, workdir: str | Path | None = None,
+              model: Any = None, threshold: float | None = None, precision: str = "fp32",
+              data_root: str | Path | None = None) -> dict[str, Any]:
     """Benchmark one backend; returns a JSON-ready dict (see `format_table`). Pass `model` to reuse an
-    already loaded backend object (then `model_or_path` is only used as its label)."""
+    already loaded backend object (then `model_or_path` is only used as its label).
+
+    `persons_mode`: single images with more and more people: crops of annotated people from
+    `data_root` (COCO-format `test_*.json` + images, see `crowd_images`), else the first image tiled
+    1x1 .. 4x4 (`tiled_images`); each row reports its detection count and time per detection."""
     from .infer.api import infer, preprocess
     from .infer.image import read_image
+    from .ops.checks import check_fraction
 
     if runs < 1 or warmup < 0:
         raise ValueError(f"runs must be >= 1 and warmup >= 0, got runs={runs}, warmup={warmup}")
+    threshold = check_fraction(threshold, "threshold")
+    backend = backend or default_backend(model if model is not None else model_or_path)
     t0 = time.perf_counter()
-    model = model if model is not None else load_backend(model_or_path, backend, threads, device, workdir)
+    if model is None:
+        model = load_backend(model_or_path, backend, threads, device, workdir, precision)
     load_s = time.perf_counter() - t0
-    on_cuda = torch.device(device).type == "cuda" or backend == "tensorrt"
-    sync = torch.cuda.synchronize if on_cuda and torch.cuda.is_available() else (lambda: None)
+    dev = str(getattr(model, "device", "cpu"))
+    on_cuda = dev.startswith("cuda") or backend == "tensorrt"
+    sync = _cuda_sync if on_cuda else (lambda: None)
     paths = [Path(p) for p in (images or default_images())]
     input_size = tuple(model.input_size)
     result: dict[str, Any] = {
         "backend": backend, "model": str(getattr(model, "path", None) or _label(model_or_path)),
-        "input_size": list(input_size), "threads": threads or torch.get_num_threads(), "device": device,
-        "runs": runs, "warmup": warmup, "load_s": load_s, "rows": []}
+        "input_size": list(input_size), "threads": threads or getattr(model, "num_threads", None) or
+        _torch_threads(backend), "device": dev, "precision": getattr(model, "precision", precision),
+        "threshold": threshold, "runs": runs, "warmup": warmup, "load_s": load_s, "rows": []}
 
     cases: list[tuple[str, list[Path]]]
     if persons_mode:
-        crowd = crowd_images(out_dir=workdir)
-        cases = [(f"{n} people", [p]) for n, p in crowd.items()]
+        crowd = (crowd_images(data_root, out_dir=workdir) if data_root
+                 else tiled_images(paths[0], out_dir=workdir))
+        unit = "people" if data_root else "copies"
+        cases = [(f"{n} {unit}", [p]) for n, p in crowd.items()]
     else:
         cases = [(f"batch {b}", [paths[i % len(paths)] for i in range(b)]) for b in batch_sizes]
 
     for label, files in cases:
         arrays = [read_image(p) for p in files]
         batch, _ = preprocess(arrays, input_size)
-        batch = batch.to(getattr(model, "device", "cpu"))
 
-        def model_only(batch: torch.Tensor = batch) -> None:
-            model.predict_tensor(batch)
+        def model_only(batch: np.ndarray = batch) -> None:
+            model.predict_tensor(batch, threshold)
             sync()
 
         def end2end(files: list[Path] = files) -> None:
-            infer(model, [str(p) for p in files])
+            infer(model, [str(p) for p in files], threshold)
             sync()
 
         t_model = _summary(_timed(model_only, runs, warmup))
         t_e2e = _summary(_timed(end2end, runs, warmup))
-        n_det = sum(len(r) for r in infer(model, [str(p) for p in files]))
+        n_det = sum(len(r) for r in infer(model, [str(p) for p in files], threshold))
         result["rows"].append({
             "case": label, "batch": len(files), "model": t_model, "end2end": t_e2e,
             "throughput_img_s": len(files) / t_e2e["median_s"], "detections": n_det,
+            "ms_per_detection": t_e2e["median_s"] * 1e3 / n_det if n_det else None,
             "memory": _memory(end2end, on_cuda)})
+    if persons_mode and result["rows"]:
+        base = result["rows"][0]["end2end"]["median_s"]
+        for r in result["rows"]:
+            r["end2end_vs_first"] = r["end2end"]["median_s"] / base
     return result
 
 
+def _cuda_sync() -> None:
+    try:  # exported models on CUDA return host arrays (already synchronised); torch may be absent
+        import torch
+    except ImportError:
+        return
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def _torch_cuda() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
+def _torch_threads(backend: str) -> int | None:
+    if backend.startswith("torch"):
+        import torch
+
+        return torch.get_num_threads()
+    return None
+
+
 def _label(x: Any) -> str:
-    if isinstance(x, torch.nn.Module):
+    if hasattr(x, "config") and hasattr(x, "parameters"):
         v = getattr(getattr(x, "config", None), "variant", None)
         return f"RTMO-{v}" if v else type(x).__name__
     return str(x)
@@ -261,49 +336,78 @@ def format_table(results: dict[str, Any] | list[dict[str, Any]]) -> str:
     """A plain-text table: one line per backend and case, times in milliseconds (median [p10..p90])."""
     results = [results] if isinstance(results, dict) else results
     head = (f"{'backend':<14}{'case':<11}{'model ms':>22}{'end2end ms':>24}{'img/s':>8}{'dets':>6}"
-            f"{'peak MiB':>10}")
+            f"{'ms/det':>8}{'peak MiB':>10}")
     lines = [head, "-" * len(head)]
     for res in results:
         for r in res["rows"]:
             mem = r["memory"].get("cuda_max_allocated_mib", r["memory"].get("rss_peak_mib"))
             m, e = r["model"], r["end2end"]
+            per_det = f"{r['ms_per_detection']:.2f}" if r.get("ms_per_detection") else "-"
             lines.append(
                 f"{res['backend']:<14}{r['case']:<11}"
                 f"{m['median_s'] * 1e3:>8.1f} [{m['p10_s'] * 1e3:5.1f}..{m['p90_s'] * 1e3:5.1f}]"
                 f"{e['median_s'] * 1e3:>10.1f} [{e['p10_s'] * 1e3:5.1f}..{e['p90_s'] * 1e3:5.1f}]"
                 f"{r['throughput_img_s']:>8.2f}{r['detections']:>6}"
+                f"{per_det:>8}"
                 f"{'-' if mem is None else f'{mem:.0f}':>10}")
     return "\n".join(lines)
 
 
 # ------------------------------------------------------------------------------------------ CLI
 def add_benchmark_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """`rtmo benchmark MODEL [--backend ...]`; sets `func` to `run_benchmark_cli`."""
+    """`rtmo benchmark --model M [--backend ...]`; sets `func` to `run_benchmark_cli`."""
     p = subparsers.add_parser("benchmark", help="latency / throughput / memory of a model on a backend")
-    p.add_argument("model", help="checkpoint path, official name, or exported .onnx / .engine file")
-    p.add_argument("--backend", default="torch", choices=BACKENDS)
+    p.add_argument("model_pos", nargs="?", default=None, metavar="model", help="the same as --model")
+    p.add_argument("--model", "-m", default=None, help="registry name, checkpoint path, or exported .onnx / "
+                   ".xml / .engine file (default: rtmo-s-coco)")
+    p.add_argument("--backend", default=None, choices=BACKENDS,
+                   help="default: from the file suffix (.onnx onnxruntime, .xml openvino, .engine tensorrt), "
+                        "torch for checkpoints")
+    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"))
     p.add_argument("--batch-sizes", default="1,4", help="comma separated, e.g. 1,4")
     p.add_argument("--runs", type=int, default=20)
     p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--persons", action="store_true", help="time images with 1, 5, 10, 20 people instead")
-    p.add_argument("--images", nargs="*", default=None, help="images to use (default: the shared data set)")
+    p.add_argument("--threads", type=int, default=None, help="default: torch's / the physical cores")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: CUDA when available)")
+    p.add_argument("--threshold", type=float, default=None, help="person score threshold (default: model's)")
+    p.add_argument("--persons", action="store_true",
+                   help="time single images with more and more people instead (cost per detection count)")
+    p.add_argument("--data", default=None, help="with --persons: folder with COCO-format test_*.json and "
+                   "images to crop real people from (default: tile the image 1x1 .. 4x4)")
+    p.add_argument("--images", nargs="*", default=None, help="images to use (default: the packaged sample)")
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
     p.set_defaults(func=run_benchmark_cli)
     return p
 
 
 def run_benchmark_cli(args: argparse.Namespace) -> int:
+    if args.model and args.model_pos and args.model != args.model_pos:
+        raise ValueError("give the model once: `rtmo benchmark --model M`")
+    model = args.model or args.model_pos or "rtmo-s-coco"
     try:
         sizes = tuple(int(s) for s in str(args.batch_sizes).split(",") if s.strip())
     except ValueError:
-        raise SystemExit(f"--batch-sizes takes comma separated integers, not {args.batch_sizes!r}") from None
-    res = benchmark(args.model, args.backend, sizes, args.runs, args.warmup, args.persons, args.images,
-                    args.threads, args.device)
+        raise ValueError(f"--batch-sizes takes comma separated integers, not {args.batch_sizes!r}") from None
+    if not sizes or min(sizes) < 1:
+        raise ValueError(f"--batch-sizes takes positive integers, not {args.batch_sizes!r}")
+    for name in ("runs", "threads"):
+        v = getattr(args, name)
+        if v is not None and v < 1:
+            raise ValueError(f"--{name} must be >= 1, got {v}")
+    if args.warmup < 0:
+        raise ValueError(f"--warmup must be >= 0, got {args.warmup}")
+    for img in args.images or []:
+        if not Path(img).is_file():
+            raise FileNotFoundError(f"--images: {img}: no such file")
+    res = benchmark(model, args.backend, sizes, args.runs, args.warmup, args.persons, args.images,
+                    args.threads, args.device, threshold=args.threshold, precision=args.precision,
+                    data_root=args.data)
     print(format_table(res))
     if args.json:
-        Path(args.json).write_text(json.dumps(res, indent=2))
+        out = Path(args.json)
+        tmp = out.with_name(f".{out.name}.part")  # same folder: the rename is atomic
+        tmp.write_text(json.dumps(res, indent=2))
+        os.replace(tmp, out)
         print(f"wrote {args.json}")
     return 0
 

@@ -14,7 +14,9 @@ from .nn.backbone import CSPDarknet
 from .nn.head import HeadMaps, RTMOHead, flatten_maps
 from .nn.neck import HybridEncoder
 from .ops.boxes import decode_boxes, grid_priors, nms, xyxy_to_cs
+from .ops.checks import check_fraction
 
+PRECISIONS = ("fp32", "bf16", "fp16")
 OUTPUT_KEYS = ("scores", "labels", "pred_bboxes", "bbox_scores", "pred_keypoints", "keypoint_scores",
                "keypoints_visible")
 
@@ -42,6 +44,7 @@ class RTMO(nn.Module):
         self.head = RTMOHead(config, self.keypoint_info.sigmas)
         self.class_names: tuple[str, ...] = ("person",)
         self.checkpoint_info: dict[str, Any] = {}
+        self.precision = "fp32"  # see set_precision
         self._priors_cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
     @property
@@ -65,21 +68,30 @@ class RTMO(nn.Module):
                                                   self.config.centralize_points_pointgenerator)
         return self._priors_cache[key]
 
-    def forward(self, images: torch.Tensor, targets: Any = None, score_thr: float | None = None,
-                nms_thr: float | None = None) -> dict[str, Any]:
+    def forward(self, images: torch.Tensor, targets: Any = None, threshold: float | None = None,
+                nms_threshold: float | None = None) -> dict[str, Any]:
         if targets is not None:
             from .train.losses import compute_losses  # training code stays out of inference imports
 
             return compute_losses(self, images, targets)
-        return self.predict_tensor(images, score_thr, nms_thr)
+        return self.predict_tensor(images, threshold, nms_threshold)
 
     @torch.no_grad()
-    def predict_tensor(self, images: torch.Tensor, score_thr: float | None = None,
-                       nms_thr: float | None = None) -> dict[str, list[torch.Tensor]]:
-        """Detections per image in network-input pixels, boxes clamped to the input canvas."""
-        score_thr = self.config.score_thr if score_thr is None else score_thr
-        nms_thr = self.config.nms_thr if nms_thr is None else nms_thr
-        maps = self.forward_maps(images)
+    def predict_tensor(self, images: torch.Tensor | np.ndarray, threshold: float | None = None,
+                       nms_threshold: float | None = None) -> dict[str, list[torch.Tensor]]:
+        """Detections per image in network-input pixels, boxes clamped to the input canvas.
+
+        `images`: float (B,3,H,W) BGR 0..255, a tensor or a numpy array (moved to the model's device).
+        `threshold` / `nms_threshold` in [0, 1]; None means the config's (score 0.1, IoU 0.65).
+        """
+        threshold = check_fraction(threshold, "threshold")
+        nms_threshold = check_fraction(nms_threshold, "nms_threshold")
+        score_thr = self.config.score_thr if threshold is None else threshold
+        nms_thr = self.config.nms_thr if nms_threshold is None else nms_threshold
+        if isinstance(images, np.ndarray):
+            images = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))
+        images = images.to(self.device)
+        maps = self._forward_maps_at_precision(images)
         priors, strides = self.priors(maps)
         scores_all = flatten_maps(maps.cls).sigmoid()
         boxes_all = decode_boxes(flatten_maps(maps.bbox), priors, strides)
@@ -118,6 +130,35 @@ class RTMO(nn.Module):
         out["pred_bboxes"] = list(boxes.split(counts))
         out["pred_keypoints"] = list(kpts.split(counts))
         return out
+
+    def _forward_maps_at_precision(self, images: torch.Tensor) -> HeadMaps:
+        if self.precision == "fp32":
+            return self.forward_maps(images)
+        # Network under autocast on channels-last tensors; selection, NMS and DCC stay in float32 (the
+        # maps are cast back), so reduced precision only touches the convolutions and attention.
+        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
+        with torch.autocast(images.device.type, dtype=dtype):
+            maps = self.forward_maps(images.contiguous(memory_format=torch.channels_last))
+        return HeadMaps(*[None if m is None else [x.float() for x in m]
+                          for m in (maps.cls, maps.bbox, maps.kpt_reg, maps.vis, maps.pose)])
+
+    def set_precision(self, precision: str = "fp32") -> RTMO:
+        """Inference precision: 'fp32' (default, bit-exact with mmpose), 'bf16' (CPUs with AVX512-BF16 or
+        AMX, CUDA GPUs with bf16) or 'fp16' (CUDA). Reduced precision also fuses BatchNorm/RepVGG (`fuse`,
+        irreversible) and stores weights channels-last. Call after moving the model to its device.
+        Raises ValueError when the device lacks the precision."""
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        if precision == self.precision:
+            return self
+        if self.precision != "fp32":
+            raise ValueError(f"precision is already {self.precision!r}; load the model again to change it")
+        if precision != "fp32":
+            _check_precision_supported(precision, self.device)
+            self.eval().fuse()
+            self.to(memory_format=torch.channels_last)
+        self.precision = precision
+        return self
 
     # ------------------------------------------------------------------ user API
     def infer(self, image: Any, threshold: float | None = None, nms_threshold: float | None = None
@@ -192,6 +233,35 @@ def load_pretrained_backbone(backbone: nn.Module, cfg: CSPConfig | ResNetConfig,
     if missing or unexpected:
         raise CheckpointError(f"{source} does not fit this CSPDarknet-{cfg.size}: missing {missing[:5]}, "
                               f"unexpected {unexpected[:5]}")
+
+
+def cpu_has_bf16() -> bool:
+    """AVX512-BF16 or AMX units: where oneDNN runs bf16 convolutions natively (elsewhere it emulates them,
+    slower than fp32)."""
+    try:
+        flags = open("/proc/cpuinfo").read()
+    except OSError:
+        flags = ""
+    if flags:
+        return " avx512_bf16" in flags or " amx_bf16" in flags
+    check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)  # no /proc: ask oneDNN
+    return bool(check()) if check is not None else False
+
+
+def _check_precision_supported(precision: str, device: torch.device) -> None:
+    if device.type == "cuda":
+        if precision == "bf16" and not torch.cuda.is_bf16_supported():
+            raise ValueError(f"precision 'bf16': {torch.cuda.get_device_name(device)} has no bf16 support; "
+                             "use 'fp16'")
+        return
+    if device.type != "cpu":
+        raise ValueError(f"precision {precision!r} is not offered on {device.type} devices")
+    if precision == "fp16":
+        raise ValueError("precision 'fp16' needs a CUDA device; on CPUs use 'bf16' (AVX512-BF16/AMX), or "
+                         "an OpenVINO export")
+    if not cpu_has_bf16():
+        raise ValueError("precision 'bf16': this CPU has no AVX512-BF16/AMX units (bf16 would be emulated, "
+                         "slower than fp32); use 'fp32'")
 
 
 def _fold_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:

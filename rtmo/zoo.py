@@ -7,9 +7,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from .checkpoint import CheckpointError, load_checkpoint
 from .config import KeypointInfo, ResNetConfig, RTMOConfig, keypoint_info_for
@@ -23,7 +21,12 @@ from .downloads import (  # noqa: F401 - re-exported: rtmo.zoo is where users lo
     cached_or_download,
     sha256_of,
 )
-from .model import RTMO
+from .ops.checks import check_input_size
+
+if TYPE_CHECKING:
+    import torch
+
+    from .model import RTMO
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +116,8 @@ def fetch(name: str, download_missing: bool = True, progress: bool = True) -> Pa
 def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """(state_dict, meta) from an mmpose checkpoint (published or mmengine format), our own training
     checkpoint, or a bare state dict. Read by `rtmo.checkpoint.load_checkpoint`, which never runs code."""
+    import torch
+
     p = Path(path)
     obj = load_checkpoint(p)
     if not isinstance(obj, dict):
@@ -217,25 +222,59 @@ def load_state_dict_checked(model: RTMO, state_dict: dict[str, torch.Tensor]) ->
     model.load_state_dict(state_dict, strict=True)
 
 
+EXPORTED_SUFFIXES = (".onnx", ".xml", ".engine", ".plan", ".trt")
+
+
 class ModelManager:
-    """`ModelManager.get("rtmo-s-coco")` or `ModelManager.get("path/to/checkpoint.pth")`."""
+    """`ModelManager.get("rtmo-s-coco")`, `ModelManager.get("path/to/checkpoint.pth")` or an exported
+    model: `ModelManager.get("rtmo-s.onnx")` (ours or mmdeploy's end2end.onnx), `"model.xml"` (OpenVINO IR),
+    `"model.engine"` (TensorRT). All offer the same `infer` / `predict`."""
 
     @staticmethod
     def list() -> list[str]:
         return list(REGISTRY)
 
     @staticmethod
-    def get(name_or_path: str | os.PathLike, device: str | torch.device | None = None,
-            config: RTMOConfig | None = None, input_size: tuple[int, int] | None = None,
-            download: bool = True, progress: bool = True) -> Any:
-        """A ready model in eval mode. Exported models (.onnx, OpenVINO .xml, TensorRT .engine) are opened
-        with their runtime and offer the same `infer`/`predict`."""
-        key = str(name_or_path)
-        suffix = Path(key).suffix.lower()
-        if suffix in (".onnx", ".xml", ".engine", ".plan"):
-            from .export import runtime
+    def get(name_or_path: str | os.PathLike, device: Any = None, config: RTMOConfig | None = None,
+            input_size: tuple[int, int] | None = None, download: bool = True, progress: bool = True,
+            backend: str | None = None, num_threads: int | None = None, precision: str = "fp32") -> Any:
+        """A ready model in eval mode.
 
-            return runtime.load(key, device=device)
+        Checkpoints (registry names, .pth): an `RTMO` on `device` (None: CUDA when available, else CPU),
+        at `precision` 'fp32' | 'bf16' | 'fp16' (see `RTMO.set_precision`); `num_threads` sets torch's
+        intra-op threads. Exported files (.onnx, .xml, .engine) open with their runtime, never importing
+        torch for ONNX Runtime / OpenVINO: `backend` 'onnxruntime' | 'openvino' | 'tensorrt' (default by
+        suffix), `num_threads` (default: the physical cores), `device`, `precision` (see
+        `rtmo.export.runtime.load_exported`)."""
+        if input_size is not None:
+            input_size = check_input_size(input_size)
+        if num_threads is not None and (isinstance(num_threads, bool) or not isinstance(num_threads, int)
+                                        or num_threads < 1):
+            raise ValueError(f"num_threads must be a positive integer, got {num_threads!r}")
+        key = str(name_or_path)
+        if Path(key).suffix.lower() in EXPORTED_SUFFIXES:
+            from .export.runtime import load_exported
+
+            model = load_exported(key, backend=backend, num_threads=num_threads, device=device,
+                                  precision=precision)
+            if input_size is not None and tuple(input_size) != tuple(model.input_size):
+                raise ValueError(f"input_size {input_size}: {Path(key).name} was exported for "
+                                 f"{model.input_size[0]}x{model.input_size[1]}; export it again at that size")
+            return model
+        if backend not in (None, "torch"):
+            raise ValueError(f"backend {backend!r} runs exported files; export {key} first (rtmo export "
+                             f"--model {key}) or use backend='torch'")
+        try:
+            import torch
+        except ImportError:
+            raise ImportError(f"{key}: checkpoints need PyTorch: pip install \"rtmo[torch]\" (exported "
+                              ".onnx / .xml models run without it)") from None
+        from .device import resolve_device
+        from .model import PRECISIONS, RTMO
+
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        dev = resolve_device(device)  # before loading: a bad device spec fails in a second
         entry = REGISTRY.get(key)
         if entry is not None:
             path = fetch(entry.name, download_missing=download, progress=progress)
@@ -252,10 +291,10 @@ class ModelManager:
             source = {"name": Path(key).stem, "path": str(Path(key).resolve())}
         if input_size is not None:
             config.input_size = tuple(input_size)
+        if num_threads is not None:
+            torch.set_num_threads(num_threads)
         model = RTMO(config, keypoint_info=_keypoint_info_from_meta(meta, config.num_keypoints))
         load_state_dict_checked(model, state_dict)
         model.checkpoint_info = {**source, "sha256": sha256_of(source["path"])}
-        model.eval()
-        if device is not None:
-            model.to(device)
-        return model
+        model.eval().to(dev)
+        return model.set_precision(precision)

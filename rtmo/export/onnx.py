@@ -34,10 +34,7 @@ from ..fileio import atomic_path
 from ..nn.head import flatten_maps
 from ..ops.boxes import decode_boxes, grid_priors, nms, xyxy_to_cs
 from ..ops.letterbox import PAD_VALUE
-
-INPUT_NAME = "input"
-OUTPUT_NAMES = ("dets", "keypoints")
-METADATA_PREFIX = "rtmo."
+from .runtime import INPUT_NAME, METADATA_PREFIX, OUTPUT_NAMES, read_metadata  # noqa: F401 (contract)
 
 
 class _NonMaxSuppression(torch.autograd.Function):
@@ -153,16 +150,6 @@ def metadata_for(model: nn.Module, score_thr: float, nms_thr: float) -> dict[str
                                                "rows past an image's count are zero padding",
     }
     return {METADATA_PREFIX + k: json.dumps(v) for k, v in meta.items()}
-
-
-def read_metadata(onnx_model: Any) -> dict[str, Any]:
-    """The `rtmo.*` metadata of an onnx ModelProto (or of a {key: str} mapping) as Python values."""
-    if isinstance(onnx_model, dict):
-        props = onnx_model
-    else:
-        props = {p.key: p.value for p in onnx_model.metadata_props}
-    n = len(METADATA_PREFIX)
-    return {k[n:]: json.loads(v) for k, v in props.items() if k.startswith(METADATA_PREFIX)}
 
 
 MIN_OPSET = 11  # NonMaxSuppression with a score threshold
@@ -295,6 +282,9 @@ def compare_outputs(ref: dict[str, list[torch.Tensor]], got: dict[str, list[torc
     pixels. The selection + DCC graph alone is checked to 1e-6 px in float64 by the tests.
     """
     stats = {"box_px": 0.0, "score": 0.0, "kpt_px_median": 0.0, "kpt_px_p90": 0.0, "kpt_px_max": 0.0}
+    # exported runtimes answer in numpy, the PyTorch model in tensors
+    ref = {k: [torch.as_tensor(x).cpu() for x in v] for k, v in ref.items()}
+    got = {k: [torch.as_tensor(x).cpu() for x in v] for k, v in got.items()}
     for b in range(len(ref["scores"])):
         n_ref, n_got = len(ref["scores"][b]), len(got["scores"][b])
         if n_ref != n_got:
@@ -336,7 +326,7 @@ def check_onnx(model: nn.Module, path: str | Path, images: list[Any] | None = No
     for i, img in enumerate(arrays):
         batch, _ = preprocess([img], tuple(model.input_size))
         try:
-            ref = model.predict_tensor(batch.to(model.device))
+            ref = model.predict_tensor(batch)
             stats = compare_outputs(ref, ort_model.predict_tensor(batch))
         except RuntimeError as e:
             raise RuntimeError(f"ONNX check of {path} failed on check image {i}: {e}") from None
