@@ -241,9 +241,7 @@ CONVENTION = {  # the same names for the same things in every subcommand that ha
 
 
 @pytest.mark.parametrize("sub", sorted(CONVENTION))
-def test_every_subcommand_uses_the_same_names(sub, request):
-    if sub == "benchmark" and not CONVENTION[sub] <= _options(sub):
-        request.applymarker(pytest.mark.xfail(reason="parser fixed on another branch", strict=False))
+def test_every_subcommand_uses_the_same_names(sub):
     missing = CONVENTION[sub] - _options(sub)
     assert not missing, f"rtmo {sub} lacks {sorted(missing)}"
     # none of the old spellings of the same things

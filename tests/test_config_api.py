@@ -132,8 +132,10 @@ def _fixture_model_with(**overrides) -> rtmo.RTMO:
 def test_corner_points_shift_decoded_boxes_by_the_offset():
     """Boxes decode as raw * stride + prior: with corner points every box moves by (stride - 1) / 2."""
     centred, corner = _fixture_model_with(), _fixture_model_with(centralize_points_pointgenerator=False)
-    img = rtmo.infer.image.read_image(DATA / "coco" / "000000197388.jpg")
     from rtmo.infer.api import preprocess
+    from rtmo.infer.image import read_image
+
+    img = read_image(DATA / "coco" / "000000197388.jpg")
 
     batch, _ = preprocess([img], (416, 416))
     with torch.no_grad():

@@ -89,12 +89,6 @@ def _env(tmp: Path) -> dict[str, str]:
     return env
 
 
-def _marks(argv: list[str]) -> list:
-    if argv and argv[0] == "benchmark":
-        return [pytest.mark.xfail(reason="parser fixed on another branch", strict=False)]
-    return []
-
-
 def test_readme_has_what_the_tests_read():
     assert README.read_text().startswith("# rtmo\n\n```bash\nmake demo") and "make test" in blocks("bash")[0]
     subs = {argv[0] for argv in LINES}
@@ -102,7 +96,7 @@ def test_readme_has_what_the_tests_read():
     assert len(blocks("python")) >= 3
 
 
-@pytest.mark.parametrize("argv", [pytest.param(a, id=" ".join(a)[:60], marks=_marks(a))
+@pytest.mark.parametrize("argv", [pytest.param(a, id=" ".join(a)[:60])
                                   for a in LINES if a[0] == "train"])
 def test_training_lines_parse(argv, tmp_path):
     """Parsed, not run: the options exist, the recipe / model name and --init-from resolve."""
@@ -120,7 +114,7 @@ def test_training_lines_parse(argv, tmp_path):
     assert args.init_from is None or args.init_from in REGISTRY
 
 
-@pytest.mark.parametrize("argv", [pytest.param(a, id=" ".join(a)[:60], marks=_marks(a))
+@pytest.mark.parametrize("argv", [pytest.param(a, id=" ".join(a)[:60])
                                   for a in LINES if a[0] != "train"])
 def test_command_lines_run(argv, tmp_path):
     subs = substitutions(tmp_path)
