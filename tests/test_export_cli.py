@@ -154,3 +154,25 @@ def test_self_check_pairs_detections_by_position():
     moved = _fake_out([[100, 100, 150, 180], [0, 0, 10, 12]], [0.49999, 0.50000])
     with pytest.raises(RuntimeError, match="detections differ"):
         compare_outputs(ref, moved)
+
+
+def test_int8_export_through_the_cli_opens_with_model_manager(tmp_path):
+    """`rtmo export --int8 --calibration DIR`: a quantized graph (QDQ nodes) that the public API opens; its
+    detections are checked for accuracy in test_precision (random weights make pixels no measure here)."""
+    import onnx
+
+    from rtmo import ModelManager
+
+    out = tmp_path / "t8.onnx"
+    proc = rtmo_cli("export", "-m", str(fixture_checkpoint("t")), "--int8", "--calibration",
+                    str(DATA / "coco"), "-o", str(out), "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == str(out)
+    ops = {n.op_type for n in onnx.load(str(out)).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear", "NonMaxSuppression"} <= ops
+    res = ModelManager.get(out).infer(str(DATA / "coco" / "000000040083.jpg"))
+    assert res.keypoints.shape[1:] == (17, 2)
+    bad = rtmo_cli("export", "-m", str(fixture_checkpoint("t")), "--int8", "--calibration",
+                   str(tmp_path / "none"), "-o", str(tmp_path / "x.onnx"))
+    assert bad.returncode == 2 and "no such file or folder" in bad.stderr
+    assert not (tmp_path / "x.onnx").exists()

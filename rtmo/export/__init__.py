@@ -51,22 +51,31 @@ def output_path(output: str | Path | None, format: str, stem: str) -> Path:
 def export(model: Any, path: str | Path | None = None, format: str = "onnx", threshold: float | None = None,
            nms_threshold: float | None = None, opset: int = 17, dynamic_batch: bool = True,
            simplify: bool = True, check: bool = True, check_images: list[Any] | None = None,
-           half: bool = True) -> Path:
+           half: bool = True, int8: bool = False, calibration: Any = None) -> Path:
     """Write a deployable file of `model` and return its path (see `output_path` for `path`).
 
     'onnx' -> `.onnx` (`export_onnx`); 'openvino' -> OpenVINO IR `.xml` + `.bin`, converted from the
     checked ONNX graph with the rtmo metadata in its rt_info; 'tensorrt' -> `.engine` (needs tensorrt +
-    CUDA; `half` for FP16). Every file is written under a temporary name and renamed when complete and
-    verified, so a failure or a kill never leaves a torn file under the final name.
+    CUDA; `half` for FP16). `int8` (onnx, openvino): post-training static quantization calibrated on the
+    images of `calibration` (a folder or a list of paths), from the verified fp32 graph, with the
+    selection / NMS / DCC part kept in float (`rtmo.export.quantize`). Every file is written under a
+    temporary name and renamed when complete and verified, so a failure or a kill never leaves a torn file
+    under the final name.
     """
     from .onnx import check_export_options, export_onnx
     from .runtime import build_engine
 
     check_export_options(threshold, nms_threshold, opset)
+    if int8 and format == "tensorrt":
+        raise ValueError("int8 is offered for the onnx and openvino formats (TensorRT: use half=True)")
+    if int8:
+        from .quantize import calibration_files
+
+        calibration_files(calibration)  # no usable image: refuse before exporting anything
     variant = getattr(model.config, "variant", None) or "custom"
     stem = Path(getattr(model, "checkpoint_info", {}).get("name") or f"rtmo-{variant}").stem
     target = output_path(path, format, stem)
-    if format == "onnx":
+    if format == "onnx" and not int8:
         return export_onnx(model, target, dynamic_batch=dynamic_batch, opset=opset, simplify=simplify,
                            threshold=threshold, nms_threshold=nms_threshold, check=check,
                            check_images=check_images)
@@ -76,6 +85,11 @@ def export(model: Any, path: str | Path | None = None, format: str = "onnx", thr
         onnx_file = export_onnx(model, Path(tmp) / "model.onnx", dynamic_batch=dynamic_batch, opset=opset,
                                 simplify=simplify, threshold=threshold, nms_threshold=nms_threshold,
                                 check=check, check_images=check_images)
+        if int8:  # the quantizers write their output atomically themselves
+            from .quantize import quantize_onnx, quantize_openvino
+
+            quantize = quantize_onnx if format == "onnx" else quantize_openvino
+            return quantize(onnx_file, target, calibration)
         if format == "openvino":
             written = _write_openvino_ir(onnx_file, Path(tmp) / "model.xml")
             pair = [(written.with_suffix(".bin"), target.with_suffix(".bin")), (written, target)]
@@ -131,6 +145,11 @@ def add_export_parser(subparsers: Any) -> Any:
     p.add_argument("--no-check", action="store_true", help="skip the ONNX Runtime vs PyTorch check")
     p.add_argument("--check-images", nargs="*", default=None, help="images for the check")
     p.add_argument("--fp32", action="store_true", help="TensorRT: no FP16")
+    p.add_argument("--int8", action="store_true", help="onnx / openvino: INT8 by post-training static "
+                   "quantization (needs --calibration; openvino needs rtmo[quantize]); selection, NMS and "
+                   "DCC stay in float")
+    p.add_argument("--calibration", default=None, metavar="DIR",
+                   help="with --int8: a folder of images like the ones the model will see (100-300)")
     p.add_argument("--device", default="cpu", help="device the PyTorch model runs on for the check "
                    "(default: %(default)s)")
     p.add_argument("--quiet", "-q", action="store_true", help="print nothing but the written path")
@@ -146,13 +165,24 @@ def run_export_cli(args: Any) -> int:
     check_export_options(args.threshold, args.nms_threshold, args.opset)
     if args.output is not None:
         output_path(args.output, args.format, "model")
+    if args.int8 and args.calibration is None:
+        raise ValueError("--int8 needs --calibration DIR (images to calibrate the INT8 ranges on)")
+    if args.calibration is not None and not args.int8:
+        raise ValueError("--calibration is used with --int8")
+    if args.int8:
+        if args.format == "tensorrt":
+            raise ValueError("--int8 is offered for --format onnx and openvino")
+        from .quantize import calibration_files
+
+        calibration_files(args.calibration)
     model = ModelManager.get(args.model, device=args.device, progress=not args.quiet)
     if not args.quiet:
         print(f"exporting {args.model} to {args.format}" + ("" if args.no_check else " (then verifying)"),
               file=sys.stderr)
     out = export(model, args.output, args.format, threshold=args.threshold, nms_threshold=args.nms_threshold,
                  opset=args.opset, dynamic_batch=not args.static_batch, simplify=not args.no_simplify,
-                 check=not args.no_check, check_images=args.check_images, half=not args.fp32)
+                 check=not args.no_check, check_images=args.check_images, half=not args.fp32,
+                 int8=args.int8, calibration=args.calibration)
     print(out)
     return 0
 
