@@ -126,11 +126,36 @@ def test_command_lines_run(argv, tmp_path):
         run += ["--max-frames", "2"]
     if argv[0] == "benchmark":
         run += ["--runs", "2", "--warmup", "1"]
+    if argv[0] == "serve":
+        _serve_answers(run, tmp_path)
+        return
     r = subprocess.run([sys.executable, "-m", "rtmo", *run], capture_output=True, text=True, cwd=tmp_path,
                        env=_env(tmp_path), timeout=300)
     usage = r.returncode == 2 and ("usage:" in r.stderr or "unrecognized" in r.stderr)
     assert not usage, f"usage error for `rtmo {' '.join(argv)}`:\n{r.stderr[-2000:]}"
     assert r.returncode == 0, f"`rtmo {' '.join(argv)}` failed:\n{r.stderr[-2000:]}"
+
+
+def _serve_answers(run: list[str], tmp: Path) -> None:
+    """`rtmo serve` runs until stopped: start it on a free port, ask /health, stop it with SIGTERM."""
+    import json
+    import signal
+    import urllib.request
+
+    proc = subprocess.Popen([sys.executable, "-m", "rtmo", *run, "--port", "0", "--device", "cpu"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp,
+                            env=_env(tmp))
+    try:
+        line = proc.stdout.readline()  # printed once the model is loaded and the port is bound
+        url = re.search(r"http://[\d.]+:\d+", line)
+        assert url, f"`rtmo {' '.join(run)}` printed {line!r}"
+        with urllib.request.urlopen(url.group(0) + "/health", timeout=60) as r:
+            assert json.loads(r.read())["status"] == "ok"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
 
 
 def test_python_blocks_run(tmp_path):
