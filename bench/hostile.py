@@ -471,8 +471,8 @@ def build_cases(f: Files, model: Any) -> list[Case]:
                            "--train-images", str(f.data / "coco"), "-o", str(used)], timeout=120))
     cases.append(Case("train --train-ann without images", "cli",
                       cli=["train", "rtmo-t_8xb32-600e_body7-416x416", "--train-ann", str(f.coco_ann)]))
-    cases.append(Case("benchmark --json is a folder", "cli",
-                      cli=["benchmark", m, "--json", str(f.root), "--runs", "1", "--warmup", "0",
+    cases.append(Case("benchmark -o is a file", "cli",
+                      cli=["benchmark", m, "-o", str(f.coco_ann), "--runs", "1", "--warmup", "0",
                            "--batch-sizes", "1"], timeout=120))
 
     # ---------------------------------------------------------------- kills

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import statistics
 import sys
 import tempfile
@@ -234,7 +233,7 @@ def benchmark(model_or_path: Any, backend: str | None = None, batch_sizes: tuple
               images: list[str | Path] | None = None,
               threads: int | None = None, device: str | None = None, workdir: str | Path | None = None,
               model: Any = None, threshold: float | None = None, precision: str = "fp32",
-              data_root: str | Path | None = None) -> dict[str, Any]:
+              data_root: str | Path | None = None, nms_threshold: float | None = None) -> dict[str, Any]:
     """Benchmark one backend; returns a JSON-ready dict (see `format_table`). Pass `model` to reuse an
     already loaded backend object (then `model_or_path` is only used as its label).
 
@@ -248,6 +247,7 @@ def benchmark(model_or_path: Any, backend: str | None = None, batch_sizes: tuple
     if runs < 1 or warmup < 0:
         raise ValueError(f"runs must be >= 1 and warmup >= 0, got runs={runs}, warmup={warmup}")
     threshold = check_fraction(threshold, "threshold")
+    nms_threshold = check_fraction(nms_threshold, "nms_threshold")
     backend = backend or default_backend(model if model is not None else model_or_path)
     t0 = time.perf_counter()
     if model is None:
@@ -262,7 +262,8 @@ def benchmark(model_or_path: Any, backend: str | None = None, batch_sizes: tuple
         "backend": backend, "model": str(getattr(model, "path", None) or _label(model_or_path)),
         "input_size": list(input_size), "threads": threads or getattr(model, "num_threads", None) or
         _torch_threads(backend), "device": dev, "precision": getattr(model, "precision", precision),
-        "threshold": threshold, "runs": runs, "warmup": warmup, "load_s": load_s, "rows": []}
+        "threshold": threshold, "nms_threshold": nms_threshold, "runs": runs, "warmup": warmup,
+        "load_s": load_s, "rows": []}
 
     cases: list[tuple[str, list[Path]]]
     if persons_mode:
@@ -278,16 +279,16 @@ def benchmark(model_or_path: Any, backend: str | None = None, batch_sizes: tuple
         batch, _ = preprocess(arrays, input_size)
 
         def model_only(batch: np.ndarray = batch) -> None:
-            model.predict_tensor(batch, threshold)
+            model.predict_tensor(batch, threshold, nms_threshold)
             sync()
 
         def end2end(files: list[Path] = files) -> None:
-            infer(model, [str(p) for p in files], threshold)
+            infer(model, [str(p) for p in files], threshold, nms_threshold)
             sync()
 
         t_model = _summary(_timed(model_only, runs, warmup))
         t_e2e = _summary(_timed(end2end, runs, warmup))
-        n_det = sum(len(r) for r in infer(model, [str(p) for p in files], threshold))
+        n_det = sum(len(r) for r in infer(model, [str(p) for p in files], threshold, nms_threshold))
         result["rows"].append({
             "case": label, "batch": len(files), "model": t_model, "end2end": t_e2e,
             "throughput_img_s": len(files) / t_e2e["median_s"], "detections": n_det,
@@ -375,7 +376,10 @@ def add_benchmark_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--data", default=None, help="with --persons: folder with COCO-format test_*.json and "
                    "images to crop real people from (default: tile the image 1x1 .. 4x4)")
     p.add_argument("--images", nargs="*", default=None, help="images to use (default: the packaged sample)")
-    p.add_argument("--json", default=None, help="also write the results to this JSON file")
+    p.add_argument("--nms-threshold", type=float, default=None,
+                   help="NMS IoU threshold (default: the model's; fixed inside exported graphs)")
+    p.add_argument("-o", "--output", default=None, metavar="DIR",
+                   help="run folder: benchmark.json (the table's numbers) is written inside it")
     p.set_defaults(func=run_benchmark_cli)
     return p
 
@@ -399,16 +403,22 @@ def run_benchmark_cli(args: argparse.Namespace) -> int:
     for img in args.images or []:
         if not Path(img).is_file():
             raise FileNotFoundError(f"--images: {img}: no such file")
+    out_dir = Path(args.output) if args.output is not None else None
+    if out_dir is not None:  # checked before the benchmark runs, not after minutes of timing
+        blocker = next((p for p in (out_dir, *out_dir.parents) if p.exists() and not p.is_dir()), None)
+        if blocker is not None or out_dir.suffix.lower() == ".json":
+            raise ValueError(f"--output {out_dir}: give a folder (benchmark.json is written inside it)"
+                             + (f"; {blocker} is a file" if blocker is not None else ""))
     res = benchmark(model, args.backend, sizes, args.runs, args.warmup, args.persons, args.images,
                     args.threads, args.device, threshold=args.threshold, precision=args.precision,
-                    data_root=args.data)
+                    data_root=args.data, nms_threshold=args.nms_threshold)
     print(format_table(res))
-    if args.json:
-        out = Path(args.json)
-        tmp = out.with_name(f".{out.name}.part")  # same folder: the rename is atomic
-        tmp.write_text(json.dumps(res, indent=2))
-        os.replace(tmp, out)
-        print(f"wrote {args.json}")
+    if out_dir is not None:
+        from .fileio import atomic_write_text
+
+        out_dir.mkdir(parents=True, exist_ok=True)
+        path = atomic_write_text(out_dir / "benchmark.json", json.dumps(res, indent=2))
+        print(f"wrote {path}")
     return 0
 
 

@@ -113,7 +113,12 @@ def check_positive(args: argparse.Namespace, names: tuple[str, ...]) -> None:
 
 
 def resolve_device_arg(spec: str | None) -> str:
-    """`--device` checked against this machine before any model loads (DeviceError: one line, exit 2)."""
+    """`--device` checked against this machine before any model loads (DeviceError: one line, exit 2).
+    Without torch (a deployment install running exported models) the runtime checks it when it opens."""
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return spec
     from .device import resolve_device
 
     return str(resolve_device(spec))

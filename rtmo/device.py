@@ -6,7 +6,10 @@
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 
 class DeviceError(ValueError):
@@ -15,6 +18,8 @@ class DeviceError(ValueError):
 
 def resolve_devices(spec: str | int | torch.device | None) -> list[torch.device]:
     """Every device a spec names, checked against this machine."""
+    import torch  # here: DeviceError must be importable where torch is not (exported models)
+
     if spec is None or (isinstance(spec, str) and spec.strip().lower() in ("", "auto")):
         return [torch.device("cuda:0" if torch.cuda.is_available() else "cpu")]
     if isinstance(spec, torch.device):
@@ -36,6 +41,8 @@ def resolve_device(spec: str | int | torch.device | None) -> torch.device:
 
 
 def _one(text: str, spec: object) -> torch.device:
+    import torch
+
     text = text.lower()
     if text.isdigit():
         text = f"cuda:{text}"

@@ -31,9 +31,9 @@ def _rtmo(*args: str) -> subprocess.CompletedProcess:
 def test_persons_reports_cost_per_detection_count(tmp_path):
     img = str(DATA / "crowdpose" / "103319.jpg")
     res = _rtmo(_onnx(), "--persons", "--images", img, "--runs", "1", "--warmup", "0", "--threshold", "0.3",
-                "--json", str(tmp_path / "p.json"))
+                "-o", str(tmp_path / "p"))
     assert res.returncode == 0, res.stderr
-    out = json.loads((tmp_path / "p.json").read_text())
+    out = json.loads((tmp_path / "p" / "benchmark.json").read_text())
     assert out["backend"] == "onnxruntime" and out["threshold"] == 0.3
     rows = out["rows"]
     assert [r["case"] for r in rows] == ["1 copies", "4 copies", "9 copies", "16 copies"]

@@ -137,7 +137,7 @@ def test_corner_points_shift_decoded_boxes_by_the_offset():
 
     img = read_image(DATA / "coco" / "000000197388.jpg")
 
-    batch, _ = preprocess([img], (416, 416))
+    batch = torch.from_numpy(preprocess([img], (416, 416))[0])
     with torch.no_grad():
         maps = centred.forward_maps(batch)
     p_c, s_c = centred.priors(maps)

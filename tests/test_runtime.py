@@ -165,14 +165,14 @@ def test_cli_predict_val_benchmark_with_onnx(tmp_path):
     assert len(records) == int((ref > 0.5).sum()) > 0
     ann = DATA / "coco" / "test_coco.json"
     res = _rtmo("val", str(ann), "--model", onnx_path, "--images", str(DATA / "coco"), "-o",
-                str(tmp_path / "m.json"))
+                str(tmp_path / "val"))
     assert res.returncode == 0, res.stderr
-    metrics = json.loads((tmp_path / "m.json").read_text())
+    metrics = json.loads((tmp_path / "val" / "metrics.json").read_text())
     assert all(math.isfinite(v) for v in metrics.values())
     res = _rtmo("benchmark", "--model", onnx_path, "--runs", "2", "--warmup", "0", "--batch-sizes", "1",
-                "--images", str(img), "--threshold", "0.2", "--json", str(tmp_path / "b.json"))
+                "--images", str(img), "--threshold", "0.2", "-o", str(tmp_path / "b"))
     assert res.returncode == 0, res.stderr
-    bench = json.loads((tmp_path / "b.json").read_text())
+    bench = json.loads((tmp_path / "b" / "benchmark.json").read_text())
     assert bench["backend"] == "onnxruntime" and bench["rows"][0]["detections"] == int((ref > 0.2).sum())
 
 
