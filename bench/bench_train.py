@@ -32,7 +32,7 @@ from rtmo import RTMO, RTMOConfig
 from rtmo.train.dataset import build_train_data
 from rtmo.train.optim import build_optimizer
 from rtmo.train.recipes import DatasetSpec, TrainRecipe
-from rtmo.train.trainer import apply_loss_settings, init_weights, loss_settings, total_loss
+from rtmo.train.trainer import apply_loss_settings, init_weights, loss_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
@@ -61,7 +61,7 @@ def ours(args: argparse.Namespace) -> dict:
     step_s = []
     for it in range(args.warmup + args.iters):
         t = time.perf_counter()
-        loss = total_loss(model(images, targets))
+        loss = model(images, targets).loss.loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, recipe.optim.clip_grad)

@@ -15,6 +15,7 @@ from .nn.head import HeadMaps, RTMOHead, flatten_maps
 from .nn.neck import HybridEncoder
 from .ops.boxes import decode_boxes, grid_priors, nms, xyxy_to_cs
 from .ops.checks import check_fraction
+from .outputs import KeypointOutput, RTMOLoss, RTMOModelOutput
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 OUTPUT_KEYS = ("scores", "labels", "pred_bboxes", "bbox_scores", "pred_keypoints", "keypoint_scores",
@@ -69,12 +70,16 @@ class RTMO(nn.Module):
         return self._priors_cache[key]
 
     def forward(self, images: torch.Tensor, targets: Any = None, threshold: float | None = None,
-                nms_threshold: float | None = None) -> dict[str, Any]:
+                nms_threshold: float | None = None) -> RTMOModelOutput:
+        """`model(images)` -> `RTMOModelOutput(outputs=KeypointOutput)`: the batch's detections padded to the
+        largest count (see `rtmo.outputs`); `model(images, targets)` -> `RTMOModelOutput(loss=RTMOLoss)`:
+        the training losses (`targets`: one `rtmo.train.losses.Targets` per image)."""
         if targets is not None:
             from .train.losses import compute_losses  # training code stays out of inference imports
 
-            return compute_losses(self, images, targets)
-        return self.predict_tensor(images, threshold, nms_threshold)
+            return RTMOModelOutput(loss=RTMOLoss.from_dict(compute_losses(self, images, targets)))
+        per_image = self.predict_tensor(images, threshold, nms_threshold)
+        return RTMOModelOutput(outputs=KeypointOutput.from_per_image(per_image))
 
     @torch.no_grad()
     def predict_tensor(self, images: torch.Tensor | np.ndarray, threshold: float | None = None,

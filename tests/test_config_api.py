@@ -160,7 +160,7 @@ def test_corner_points_train_and_export(tmp_path):
     centred = _fixture_model_with()
     corner.train()
     centred.train()
-    total_k, total_c = corner(images, targets)["loss"], centred(images, targets)["loss"]
+    total_k, total_c = corner(images, targets).loss.loss, centred(images, targets).loss.loss
     assert torch.isfinite(total_k) and float(total_k.detach()) != float(total_c.detach())
     total_k.backward()
     assert corner.head.head_module.out_bbox[0].weight.grad.abs().sum() > 0

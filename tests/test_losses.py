@@ -199,7 +199,8 @@ def end_to_end(v: str, bn: str = "bn-train", stage: str = "stage1") -> dict[str,
         return maps
 
     model.forward_maps = spy
-    out = model(images, _targets(v, stage))
+    loss = model(images, _targets(v, stage)).loss  # rtmo.outputs.RTMOLoss
+    out = {**loss.as_dict(), "num_pos": loss.num_pos}
     dev: dict[str, float] = {}
     maps = captured["maps"]
     for name in ("cls", "bbox", "kpt_reg", "vis"):
@@ -308,7 +309,8 @@ def test_single_positive_train_mode_bf16() -> None:
     person = Targets(torch.tensor([[10.0, 10, 100, 120]]), torch.rand(1, 17, 2) * 80 + 20, torch.ones(1, 17),
                      torch.tensor([5000.0]), heatmap_mask=torch.zeros(128, 128))
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = model(torch.rand(1, 3, 128, 128) * 255, [person])
+        loss = model(torch.rand(1, 3, 128, 128) * 255, [person]).loss
+    out = {**loss.as_dict(), "num_pos": loss.num_pos}
     assert float(out["num_pos"]) == 1.0 and set(TERMS) <= set(out)
     assert all(torch.isfinite(out[k]).all() for k in TERMS)
     out["loss"].backward()

@@ -90,7 +90,7 @@ def test_resnet_backbone_builds_runs_and_loads_torchvision_names(depth, channels
     assert [m.in_channels for m in (p.conv for p in model.neck.input_proj)] == list(channels)
     feats = model.backbone(torch.zeros(1, 3, 128, 128))
     assert [f.shape[1:] for f in feats] == [(c, s, s) for c, s in zip(channels, (16, 8, 4))]
-    out = model(torch.rand(2, 3, 128, 128) * 255, threshold=0.0)
+    out = model(torch.rand(2, 3, 128, 128) * 255, threshold=0.0).outputs.per_image_lists()
     assert len(out["pred_keypoints"]) == 2 and out["pred_keypoints"][0].shape[1:] == (17, 2)
     # A torchvision ImageNet file has exactly these names plus the classifier, which is dropped.
     own = model.backbone.state_dict()

@@ -63,7 +63,7 @@ def test_random_input_maps(variant):
 
     # Post-processing in input space, with the lowered threshold the fixture used.
     used = json.loads((fixture_dir(variant) / "summary.json").read_text())["random_input"]["test_cfg_used"]
-    out = model(x, threshold=used["score_thr"], nms_threshold=used["nms_thr"])
+    out = model(x, threshold=used["score_thr"], nms_threshold=used["nms_thr"]).outputs.per_image_lists()
     assert len(out["scores"][0]) == len(ref["bbox_scores"]) > 0
     np.testing.assert_allclose(out["scores"][0].numpy(), ref["bbox_scores"], atol=1e-5)
     np.testing.assert_allclose(out["pred_bboxes"][0].numpy(), ref["bboxes_input"], atol=1e-3)

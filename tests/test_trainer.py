@@ -514,7 +514,7 @@ def test_training_survives_nan_validation_and_a_nan_loss(tmp_path, caplog):
     calls = {"n": 0}
 
     def loss_fn(model, images, targets):
-        out = model(images, targets)
+        out = model(images, targets)  # ToyNet: a dict of loss terms
         calls["n"] += 1
         if calls["n"] == 2:
             out["loss"] = out["loss"] * float("nan")

@@ -26,6 +26,7 @@ from ..checkpoint import load_checkpoint as read_checkpoint_file
 from ..config import ResNetConfig, RTMOConfig
 from ..device import resolve_device
 from ..evaluate import EvaluationError
+from ..outputs import RTMOModelOutput
 from . import distributed as du
 from .ema import ModelEMA
 from .optim import LRSchedule, build_optimizer
@@ -139,6 +140,13 @@ def to_device(obj: Any, device: torch.device) -> Any:
     if isinstance(obj, (list, tuple)):
         return type(obj)(to_device(v, device) for v in obj)
     return obj
+
+
+def _rtmo_losses(model: nn.Module, images: torch.Tensor, targets: Any) -> dict[str, torch.Tensor]:
+    """The model's training forward as the trainer's loss function: RTMO's `RTMOLoss` terms and their sum
+    (another model may return its dict of 'loss*' terms itself)."""
+    out = model(images, targets)
+    return out.loss.as_dict() if isinstance(out, RTMOModelOutput) else out
 
 
 def total_loss(out: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -290,8 +298,9 @@ def seed_everything(seed: int) -> None:
 
 # ----------------------------------------------------------------------------------------- trainer
 class Trainer:
-    """Trains `model` with `recipe` on `data`. `loss_fn(model, images, targets)` defaults to
-    `model(images, targets)` (RTMO's training forward, which calls `rtmo.train.losses.compute_losses`).
+    """Trains `model` with `recipe` on `data`. `loss_fn(model, images, targets)` returns a dict of loss
+    terms; it defaults to RTMO's training forward `model(images, targets).loss` (`rtmo.outputs.RTMOLoss`,
+    computed by `rtmo.train.losses.compute_losses`).
 
     `evaluate(ema_model) -> {'AP': ...}` runs with the EMA weights in eval mode on every rank (it may shard
     the work, as `rtmo.evaluate.evaluate_model` does); rank 0's result is logged and its first key decides
@@ -303,7 +312,7 @@ class Trainer:
                  loss_fn: LossFn | None = None, resume: str | Path | None = None, workers: int | None = None,
                  max_iters_per_epoch: int | None = None, progress: bool = True, tensorboard: bool = True):
         self.recipe, self.data, self.evaluate = recipe, data, evaluate
-        self.loss_fn = loss_fn or (lambda m, images, targets: m(images, targets))
+        self.loss_fn = loss_fn or _rtmo_losses
         self.dist = du.init_distributed(device)
         self.device = self.dist.device
         self.out_dir = Path(out_dir)
