@@ -174,7 +174,10 @@ def detect_config(state_dict: dict[str, torch.Tensor], meta: dict | None = None)
         cfg.backbone_config = _resnet_config(state_dict, variant)
     size = _input_size_from_meta(meta or {})
     if size is not None:
-        cfg.input_size = size
+        try:
+            cfg.input_size = check_input_size(size)
+        except ValueError as e:  # a 0 or 100000 here would divide by zero or ask for a huge canvas
+            raise CheckpointError(f"checkpoint meta: {e}") from None
     return cfg
 
 

@@ -166,3 +166,12 @@ def test_truncated_legacy_file_is_corrupt_not_refused(tmp_path):
     path.write_bytes(data[: len(data) // 2])
     with pytest.raises(CheckpointError, match="corrupt or truncated"):
         load_checkpoint(path)
+
+
+@pytest.mark.parametrize("size", [[0, 0], [-32, 64], [100, 100], [100000, 64]])
+def test_input_size_in_meta_is_validated(tmp_path, size):
+    state, _ = read_checkpoint(fixture_checkpoint("t"))
+    path = tmp_path / "bad_meta.pth"
+    torch.save({"meta": {"input_size": size}, "state_dict": state}, path)
+    with pytest.raises(CheckpointError, match="checkpoint meta: input_size must be two multiples of 32"):
+        ModelManager.get(path, device="cpu")
