@@ -178,9 +178,9 @@ class RTMO(nn.Module):
 
     def predict(self, source: Any, stream: bool = False, **kwargs: Any) -> Iterator[Any] | list[Any]:
         """Results for any source (image, folder, glob, video, camera index, URL, list file)."""
-        from .infer.api import predict
+        from .infer.sources import stream_results
 
-        gen = predict(self, source, **kwargs)
+        gen = stream_results(self, source, **kwargs)
         return gen if stream else list(gen)
 
     def export(self, format: str = "onnx", path: str | None = None, **kwargs: Any) -> Any:

@@ -219,10 +219,10 @@ class ExportedModel:
 
     def predict(self, source: Any, stream: bool = False, **kwargs: Any) -> Iterator[Any] | list[Any]:
         """Results for any source the PyTorch model accepts (image, folder, video, camera, ...)."""
-        from ..infer.api import predict
+        from ..infer.sources import stream_results
 
         self._learn_keypoints()
-        gen = predict(self, source, **kwargs)
+        gen = stream_results(self, source, **kwargs)
         return gen if stream else list(gen)
 
     def _learn_keypoints(self) -> None:

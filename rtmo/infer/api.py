@@ -5,7 +5,6 @@ must run where torch is not installed."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -81,8 +80,3 @@ def infer(model: Any, image: Any, threshold: float | None = None, nms_threshold:
         r.image = array
     return results[0] if single else results
 
-
-def predict(model: Any, source: Any, **kwargs: Any) -> Iterator[PoseResult]:
-    from .sources import stream_results
-
-    return stream_results(model, source, **kwargs)

@@ -6,11 +6,15 @@ One implementation: `draw_skeleton` draws plain arrays (rtmlib-style); `draw_res
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import cv2
 import numpy as np
 
 from ..config import KeypointInfo, keypoint_info_for
-from .results import PoseResult
+
+if TYPE_CHECKING:  # results import this module to plot; the type is only a hint here
+    from .results import PoseResult
 
 # mmpose's COCO palette (dataset meta configs/_base_/datasets/coco.py, where it is written in RGB), here in
 # BGR: the person's own left side green (0, 255, 0), right side orange (255, 128, 0), face and torso blue

@@ -148,9 +148,7 @@ class ImageIds:
 
 def coco_records(result: PoseResult, image_id: int, category_id: int = 1) -> list[dict]:
     """COCO keypoint results (flat x, y, score triples; box xywh) for one image — `COCO.loadRes` format."""
-    from ..evaluate import pose_result_to_coco  # one definition of the record format, shared with `val`
-
-    return pose_result_to_coco(result, image_id, category_id)
+    return result.to_coco(image_id, category_id)  # the one definition of the record format
 
 
 class VideoSink:

@@ -15,7 +15,7 @@ import json
 import math
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -611,12 +611,25 @@ def _source_from_specs(root: Path, specs: Sequence[Any],
     return CombinedDataset(sets, [s.ratio for s in specs])
 
 
+@dataclass
+class TrainData:
+    """What the trainer needs from the data pipeline.
+
+    `build_dataset(stage)` returns the training set of data stage 1 (Mosaic/MixUp) or 2 (the plain pipeline
+    of the last epochs, possibly another dataset, §10.2); `collate_fn` turns samples into `(images, targets)`
+    with images a (B,3,S,S) BGR tensor; `batch_resize(images, targets, (w, h))` rescales a batch and its
+    targets (BatchSyncRandomResize, §10.3; default: `resize_batch`).
+    """
+
+    build_dataset: Callable[[int], Any]
+    collate_fn: Callable[[list], Any] | None = None
+    batch_resize: Callable[[Any, Any, tuple[int, int]], tuple[Any, Any]] | None = None
+
+
 def build_train_data(recipe: Any) -> Any:
     """`rtmo.train.trainer.TrainData` for a `TrainRecipe`: stage-1/stage-2 `TrainDataset`s over the
     recipe's annotation files (body7: combined with resampling and keypoint conversion), `collate` and
     the batch resize. Datasets are built lazily, when the trainer first asks for a stage."""
-    from .trainer import TrainData
-
     a = recipe.augment
     size = int(recipe.input_size[0])
     if recipe.input_size[0] != recipe.input_size[1]:

@@ -11,7 +11,6 @@ import os
 import random
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, DistributedSampler
 
 from ..checkpoint import CheckpointError
 from ..checkpoint import load_checkpoint as read_checkpoint_file
@@ -28,6 +27,7 @@ from ..device import resolve_device
 from ..evaluate import EvaluationError
 from ..outputs import RTMOModelOutput
 from . import distributed as du
+from .dataset import TrainData, build_train_data
 from .ema import ModelEMA
 from .optim import LRSchedule, build_optimizer
 from .recipes import LossStage, TrainRecipe
@@ -39,21 +39,6 @@ MAX_NONFINITE_STEPS = 20
 
 LossFn = Callable[[nn.Module, torch.Tensor, Any], dict[str, torch.Tensor]]
 Evaluator = Callable[[nn.Module], dict[str, float]]
-
-
-@dataclass
-class TrainData:
-    """What the trainer needs from the data pipeline.
-
-    `build_dataset(stage)` returns the training set of data stage 1 (Mosaic/MixUp) or 2 (the plain pipeline
-    of the last epochs, possibly another dataset, §10.2); `collate_fn` turns samples into `(images, targets)`
-    with images a (B,3,S,S) BGR tensor; `batch_resize(images, targets, (w, h))` rescales a batch and its
-    targets (BatchSyncRandomResize, §10.3; default: `resize_batch`).
-    """
-
-    build_dataset: Callable[[int], Dataset]
-    collate_fn: Callable[[list], Any] | None = None
-    batch_resize: Callable[[torch.Tensor, Any, tuple[int, int]], tuple[torch.Tensor, Any]] | None = None
 
 
 # ----------------------------------------------------------------------------------------- stage switches
@@ -924,14 +909,7 @@ def scale_epochs(recipe: TrainRecipe, epochs: int) -> TrainRecipe:
 def default_train_data(recipe: TrainRecipe) -> TrainData:
     """The COCO/CrowdPose/body7 pipeline for this recipe: `rtmo.train.dataset.build_train_data(recipe)`,
     which returns a `TrainData` (stage-1/stage-2 datasets, collate, batch resize)."""
-    try:
-        from . import dataset as ds
-    except ImportError as e:
-        raise RuntimeError(f"the training data pipeline (rtmo.train.dataset) is not available: {e}") from None
-    if not hasattr(ds, "build_train_data"):
-        raise RuntimeError("rtmo.train.dataset has no build_train_data(recipe) -> TrainData; pass `data=` "
-                           "to train() instead")
-    return ds.build_train_data(recipe)
+    return build_train_data(recipe)
 
 
 def default_evaluator(recipe: TrainRecipe) -> Evaluator | None:
