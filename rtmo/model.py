@@ -207,11 +207,6 @@ class RTMO(nn.Module):
                 module.fuse()
         return self
 
-    def load_official_state_dict(self, state_dict: dict[str, torch.Tensor]) -> None:
-        from .zoo import load_state_dict_checked
-
-        load_state_dict_checked(self, state_dict)
-
 
 def load_pretrained_backbone(backbone: nn.Module, cfg: CSPConfig | ResNetConfig,
                              source: str | None = None) -> None:
