@@ -39,8 +39,9 @@ class RTMO(nn.Module):
             self.backbone: nn.Module = ResNet(config.backbone_config)
         else:
             self.backbone = CSPDarknet(config.backbone_config)
-        if config.backbone_config.use_pretrained:
-            load_pretrained_backbone(self.backbone, config.backbone_config)
+        bb = config.backbone_config
+        if bb.use_pretrained or (isinstance(bb, ResNetConfig) and bb.pretrained):
+            load_pretrained_backbone(self.backbone, bb)
         self.neck = HybridEncoder(self.backbone.out_channels, config)
         self.head = RTMOHead(config, self.keypoint_info.sigmas)
         self.class_names: tuple[str, ...] = ("person",)
@@ -218,10 +219,17 @@ def load_pretrained_backbone(backbone: nn.Module, cfg: CSPConfig | ResNetConfig,
     from .checkpoint import CheckpointError, load_checkpoint
     from .downloads import backbone_checkpoint
 
-    if isinstance(cfg, ResNetConfig):
-        if source is None and cfg.pretrained:
-            return  # the ResNet loaded its file when it was built
-        backbone.load_torchvision(str(backbone_checkpoint(source or f"resnet{cfg.depth}")))
+    if isinstance(cfg, ResNetConfig):  # a torchvision state dict; its `fc.*` classifier is dropped
+        source = source or cfg.pretrained or f"resnet{cfg.depth}"
+        sd = load_checkpoint(backbone_checkpoint(source))
+        sd = sd.get("state_dict", sd) if isinstance(sd, dict) else None
+        if not isinstance(sd, dict):
+            raise CheckpointError(f"{source}: not a torchvision ResNet state dict")
+        try:
+            backbone.load_state_dict({k: v for k, v in sd.items() if not k.startswith("fc.")}, strict=True)
+        except RuntimeError as e:
+            raise CheckpointError(f"{source}: does not fit this ResNet-{cfg.depth} backbone "
+                                  f"({' '.join(str(e).split())[:200]})") from None
         return
     source = source or cfg.pretrained or CSP_PRETRAINED[cfg.size]
     obj = load_checkpoint(backbone_checkpoint(source))

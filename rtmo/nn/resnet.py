@@ -5,7 +5,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..checkpoint import CheckpointError, load_checkpoint
 from ..config import ResNetConfig
 
 
@@ -76,21 +75,7 @@ class ResNet(nn.Module):
                 blocks.append(block(c_in, c, 2 if (j == 0 and i > 0) else 1))
                 c_in = c * block.expansion
             self.add_module(f"layer{i + 1}", nn.Sequential(*blocks))
-        if cfg.pretrained:
-            self.load_torchvision(cfg.pretrained)
-
-    def load_torchvision(self, path: str) -> None:
-        """Load a torchvision ImageNet state dict (its `fc.*` classifier is dropped)."""
-        sd = load_checkpoint(path)
-        sd = sd.get("state_dict", sd) if isinstance(sd, dict) else sd
-        if not isinstance(sd, dict):
-            raise CheckpointError(f"{path}: not a torchvision ResNet state dict")
-        sd = {k: v for k, v in sd.items() if not k.startswith("fc.")}
-        try:
-            self.load_state_dict(sd, strict=True)
-        except RuntimeError as e:
-            raise CheckpointError(f"{path}: does not fit this ResNet backbone "
-                                  f"({' '.join(str(e).split())[:200]})") from None
+        # cfg.pretrained is loaded by rtmo.model.load_pretrained_backbone: files are read above nn/.
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         # The network sees BGR 0..255 like RTMO's CSPDarknet; an ImageNet-initialised ResNet adapts

@@ -769,7 +769,7 @@ def train(recipe: TrainRecipe | str | Path, *, data_root: str | Path | None = No
     names, flip pairs, OKS sigmas) comes from the training annotations: a custom set trains a model with
     that many keypoints, and its checkpoints carry the set.
     """
-    from ..model import RTMO
+    from ..model import RTMO, load_pretrained_backbone
 
     if workers is not None and workers < 0:
         raise ValueError(f"workers (--workers) must be >= 0, got {workers}")
@@ -842,7 +842,7 @@ def train(recipe: TrainRecipe | str | Path, *, data_root: str | Path | None = No
         resnet = isinstance(cfg.backbone_config, ResNetConfig)
         init_weights(model, None if resnet else recipe.backbone_init or None)
         if resnet and recipe.backbone_init:
-            model.backbone.load_torchvision(recipe.backbone_init)
+            load_pretrained_backbone(model.backbone, cfg.backbone_config, recipe.backbone_init)
     if evaluate is True:
         evaluate = default_evaluator(recipe)
     trainer = Trainer(model, recipe, data, out_dir, device=device, evaluate=evaluate or None,
