@@ -405,7 +405,9 @@ def run_benchmark_cli(args: argparse.Namespace) -> int:
             raise FileNotFoundError(f"--images: {img}: no such file")
     out_dir = Path(args.output) if args.output is not None else None
     if out_dir is not None:  # checked before the benchmark runs, not after minutes of timing
-        blocker = next((p for p in (out_dir, *out_dir.parents) if p.exists() and not p.is_dir()), None)
+        from .fileio import blocking_file
+
+        blocker = blocking_file(out_dir)
         if blocker is not None or out_dir.suffix.lower() == ".json":
             raise ValueError(f"--output {out_dir}: give a folder (benchmark.json is written inside it)"
                              + (f"; {blocker} is a file" if blocker is not None else ""))

@@ -388,6 +388,8 @@ class _CountingModel:
 
 
 def run_val(args: argparse.Namespace) -> int:
+    from .fileio import blocking_file
+
     if (args.ann is None) == (args.ann_pos is None):
         raise CLIError("give the annotation file once: `rtmo val FILE ...` or `rtmo val --ann FILE ...`")
     ann = args.ann or args.ann_pos
@@ -398,7 +400,7 @@ def run_val(args: argparse.Namespace) -> int:
     out = Path(args.output) if args.output is not None else None
     if out is not None and out.suffix.lower() == ".json":
         raise CLIError(f"--output {out}: give a folder; metrics.json is written inside it")
-    blocker = next((p for p in (out, *out.parents) if p.exists() and not p.is_dir()), None) if out else None
+    blocker = blocking_file(out) if out is not None else None
     if blocker is not None:
         raise CLIError(f"--output {out}: {blocker} is a file, not a folder")
     require("pycocotools")

@@ -25,7 +25,6 @@ import io
 import json
 import math
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -33,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from .config import keypoint_info_for
+from .fileio import atomic_write_text
 from .infer.results import PoseResult
 
 COCO_METRICS = ("AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl")
@@ -447,23 +447,10 @@ def format_metrics(metrics: dict[str, float], title: str | None = None) -> str:
 
 def _write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
     p = Path(path)
-    try:
-        p.parent.mkdir(parents=True, exist_ok=True)
-        # temp file in the same directory, then rename: readers never see a half-written file
-        fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
-    except OSError as e:  # a file where a folder should be, a read-only or full disk
+    try:  # readers never see a half-written file; a full or read-only disk is one line
+        atomic_write_text(p, json.dumps(obj, indent=2) + "\n")
+    except OSError as e:
         raise EvaluationError(f"{p}: cannot write ({e.strerror or e})") from None
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, p)
-    except BaseException as e:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        if isinstance(e, OSError):
-            raise EvaluationError(f"{p}: cannot write ({e.strerror or e})") from None
-        raise
 
 
 def write_metrics(path: str | os.PathLike, metrics: dict[str, float]) -> None:

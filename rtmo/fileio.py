@@ -31,6 +31,16 @@ def atomic_path(final: str | os.PathLike, suffix: str | None = None) -> Iterator
             tmp.unlink()
 
 
+def blocking_file(path: str | os.PathLike) -> Path | None:
+    """The existing non-folder that stops `path` from being (or lying inside) a folder: `path` itself or
+    its nearest existing parent; None when there is none."""
+    p = Path(path)
+    for q in (p, *p.parents):
+        if q.exists():
+            return None if q.is_dir() else q
+    return None
+
+
 def atomic_write_bytes(final: str | os.PathLike, data: bytes) -> Path:
     with atomic_path(final) as tmp:
         with open(tmp, "wb") as f:

@@ -321,7 +321,7 @@ def test_format_and_write_metrics(tmp_path, monkeypatch):
     def boom(*a, **k):
         raise OSError("disk full")
 
-    monkeypatch.setattr(json, "dump", boom)
+    monkeypatch.setattr(json, "dumps", boom)
     with pytest.raises(EvaluationError, match=r"m\.json: cannot write \(disk full\)"):  # one line, the path
         write_metrics(p, {"AP": 0.9})
     assert json.loads(p.read_text()) == m  # the old file is untouched

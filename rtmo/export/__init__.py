@@ -7,6 +7,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from ..fileio import blocking_file
+
 # Imported on first use (PEP 562): opening an exported model (`rtmo.export.runtime`) must not import torch
 # through `.onnx`, which traces PyTorch models.
 _LAZY = {"export_onnx": "onnx", "check_export_options": "onnx", "read_metadata": "runtime",
@@ -42,8 +44,10 @@ def output_path(output: str | Path | None, format: str, stem: str) -> Path:
     if out.suffix and not out.is_dir():
         raise ValueError(f"output {out}: the {format} format writes a {suffix} file; give a path ending in "
                          f"{suffix} or a folder")
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"output {out} is a file, not a folder")
+    blocker = blocking_file(out)
+    if blocker is not None:
+        raise ValueError(f"output {out} is a file, not a folder" if blocker == out
+                         else f"output {out}: {blocker} is a file, not a folder")
     return out / (stem + suffix)
 
 

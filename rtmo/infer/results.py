@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -174,17 +173,9 @@ class PoseResult:
             ok = False
         if not ok:
             raise ValueError(f"{p}: cannot encode an image with suffix {p.suffix!r} (use .jpg or .png)")
-        p.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(buf.tobytes())
-            os.replace(tmp, p)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
-        return p
+        from ..fileio import atomic_write_bytes
+
+        return atomic_write_bytes(p, buf.tobytes())
 
     def _source_image(self, image: np.ndarray | None) -> np.ndarray:
         for candidate in (image, self.image, self.extra.get("image")):

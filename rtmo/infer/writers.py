@@ -17,7 +17,6 @@ import contextlib
 import json
 import os
 import re
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
@@ -25,6 +24,7 @@ from typing import Any, TextIO
 import cv2
 import numpy as np
 
+from ..fileio import atomic_write_bytes, blocking_file
 from .draw import draw_result
 from .results import PoseResult
 from .sources import SourceInfo
@@ -54,13 +54,11 @@ def check_output_dir(path: str | os.PathLike, what: str = "--output") -> Path:
     """`path` as a usable output folder (created later, when the first file is written): refuses a path
     that is a file, or lies below a file, with one line naming it."""
     p = Path(path)
-    if p.exists() and not p.is_dir():
+    blocker = blocking_file(p)
+    if blocker == p:
         raise OutputError(f"{what} {p}: is a file, not a folder")
-    for parent in p.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise OutputError(f"{what} {p}: {parent} is a file, not a folder")
-            break
+    if blocker is not None:
+        raise OutputError(f"{what} {p}: {blocker} is a file, not a folder")
     return p
 
 
@@ -69,35 +67,19 @@ def check_output_file(path: str | os.PathLike, what: str = "output file") -> Pat
     p = Path(path)
     if p.is_dir():
         raise OutputError(f"{what} {p}: is a folder, not a file")
-    for parent in p.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise OutputError(f"{what} {p}: {parent} is a file, not a folder")
-            break
+    blocker = blocking_file(p.parent)
+    if blocker is not None:
+        raise OutputError(f"{what} {p}: {blocker} is a file, not a folder")
     return p
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:
     """Write `data` to a temp file in `path`'s folder, then rename: a crash or a full disk never leaves a
     torn file under the final name. Raises `OutputError` naming the path."""
-    fd, tmp = None, None
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        with os.fdopen(fd, "wb") as f:
-            fd = None
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        tmp = None
+        atomic_write_bytes(path, data)
     except OSError as e:
         raise OutputError(f"{path}: cannot write ({e.strerror or e})") from None
-    finally:
-        if fd is not None:
-            os.close(fd)
-        if tmp is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
 
 
 def _safe_stem(name: str) -> str:

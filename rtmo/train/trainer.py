@@ -25,6 +25,7 @@ from ..checkpoint import load_checkpoint as read_checkpoint_file
 from ..config import ResNetConfig, RTMOConfig
 from ..device import resolve_device
 from ..evaluate import EvaluationError
+from ..fileio import blocking_file
 from ..outputs import RTMOModelOutput
 from . import distributed as du
 from .dataset import TrainData, build_train_data
@@ -202,13 +203,11 @@ def check_run_dir(out_dir: Path, resume: bool) -> None:
     """A run folder must be a folder, and a new run (not `resume`) must not mix with an old one: its
     `last.pth`, `best.pth` and `metrics.jsonl` would be overwritten or appended to."""
     out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
+    blocker = blocking_file(out_dir)
+    if blocker == out_dir:
         raise ValueError(f"output folder {out_dir}: is a file, not a folder")
-    for parent in out_dir.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise ValueError(f"output folder {out_dir}: {parent} is a file, not a folder")
-            break
+    if blocker is not None:
+        raise ValueError(f"output folder {out_dir}: {blocker} is a file, not a folder")
     if resume or not out_dir.is_dir():
         return
     found = [n for n in RUN_FILES if (out_dir / n).exists()]
