@@ -111,6 +111,8 @@ def crowd_images(data_root: str | Path, counts: tuple[int, ...] = (1, 5, 10, 20)
     """One JPEG per count with that many real people: person boxes (annotations with >= 5 keypoints) of
     the COCO and CrowdPose test images, cropped with a 10% margin, cycled if there are too few, each resized
     to fit its cell of a ceil(sqrt(n)) grid on a grey (114) canvas of `canvas` (w, h) pixels."""
+    from .infer.image import read_image  # decoded as inference decodes (EXIF orientation)
+
     crops = []
     data_root = Path(data_root)
     for ann_file in sorted(data_root.glob("*/test_*.json")) + sorted(data_root.glob("test_*.json")):
@@ -120,7 +122,7 @@ def crowd_images(data_root: str | Path, counts: tuple[int, ...] = (1, 5, 10, 20)
             src = files[ann["image_id"]]
             if ann.get("num_keypoints", 0) < 5 or ann.get("iscrowd", 0) or not src.exists():
                 continue
-            img = cv2.imread(str(src))
+            img = read_image(src)
             x, y, w, h = ann["bbox"]
             mx, my = 0.1 * w, 0.1 * h
             x0, y0 = max(int(x - mx), 0), max(int(y - my), 0)

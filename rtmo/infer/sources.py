@@ -26,7 +26,7 @@ import cv2
 import numpy as np
 
 from .api import infer_arrays
-from .image import ImageError, load_image
+from .image import ImageError, decode_image, load_image
 from .results import PoseResult
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".jp2", ".pgm", ".ppm", ".pbm")
@@ -207,11 +207,7 @@ def _read_url_image(url: str, timeout: float | None = None, max_bytes: int | Non
         if isinstance(e, ImageError):
             raise
         raise ImageError(f"{url}: cannot download ({' '.join(str(e).split())})") from None
-    data = np.frombuffer(b"".join(chunks), dtype=np.uint8)
-    img = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
-    if img is None:
-        raise ImageError(f"{url}: not a readable image")
-    return img
+    return decode_image(b"".join(chunks), url)  # the one decoder: EXIF, truncation, trailing data
 
 
 @dataclass
