@@ -99,7 +99,7 @@ def trained_pose_difference(ckpt: Path, threads: int) -> dict:
     from rtmlib import RTMO as RtmlibRTMO
 
     from rtmo import ModelManager
-    from rtmo.evaluate import evaluate, pose_result_to_coco
+    from rtmo.eval.coco import evaluate, pose_result_to_coco
 
     onnx_path = Path(tempfile.mkdtemp(prefix="rtmo-peers-")) / "trained.onnx"
     code = ("import torch; torch.set_num_threads(2); from rtmo import ModelManager; "

@@ -1,4 +1,4 @@
-"""Check rtmo.evaluate against xtcocotools (what mmpose's CocoMetric runs) on many perturbed cases.
+"""Check rtmo.eval.coco against xtcocotools (what mmpose's CocoMetric runs) on many perturbed cases.
 
 xtcocotools is not a dependency of rtmo: its PyPI wheel is built against numpy 1 and fails to import
 under numpy 2. Build it from source in a separate environment and point --xt-python at it:
@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from rtmo.config import keypoint_info_for
-from rtmo.evaluate import (
+from rtmo.eval.coco import (
     COCO_METRICS,
     CROWDPOSE_METRICS,
     evaluate,
@@ -146,7 +146,7 @@ def main() -> int:
         import torch
 
         from rtmo import RTMO, RTMOConfig
-        from rtmo.zoo import read_checkpoint
+        from rtmo.hub.zoo import read_checkpoint
 
         torch.set_num_threads(2)
         name = "rtmo-s_8xb32-600e_coco-640x640_seed0"

@@ -97,8 +97,8 @@ class Fixed(torch.utils.data.Dataset):
 
 
 def coco_ap(model: RTMO, ann_file: Path) -> dict[str, float]:
-    """Keypoint AP of `model` on the annotated images (rtmo.evaluate: pycocotools, score_mode='bbox')."""
-    from rtmo.evaluate import evaluate_model
+    """Keypoint AP of `model` on the annotated images (rtmo.eval.coco: pycocotools, score_mode='bbox')."""
+    from rtmo.eval.coco import evaluate_model
 
     m = evaluate_model(model, ann_file.parent, ann_file, protocol="coco", batch_size=4)
     return {"AP": float(m["AP"]), "AP50": float(m["AP50"])}

@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_peers import matched_deviations  # noqa: E402
 
 from rtmo import ModelManager  # noqa: E402
-from rtmo.evaluate import evaluate_model  # noqa: E402
+from rtmo.eval.coco import evaluate_model  # noqa: E402
 from rtmo.export.onnx import export_onnx  # noqa: E402
 from rtmo.export.quantize import quantize_onnx, quantize_openvino  # noqa: E402
 

@@ -99,11 +99,11 @@ def load_model(name_or_path: str):
         from rtmo import ModelManager
 
         return ModelManager.get(name_or_path)
-    except ImportError:  # before rtmo.zoo existed
+    except ImportError:  # before rtmo.hub.zoo existed
 
         from rtmo.config import RTMOConfig
+        from rtmo.hub.zoo import read_checkpoint
         from rtmo.model import RTMO
-        from rtmo.zoo import read_checkpoint
 
         preset = "t" if "rtmo-t" in Path(name_or_path).name else "s"
         m = RTMO(RTMOConfig.preset(preset))

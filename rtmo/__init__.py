@@ -13,8 +13,9 @@ __all__ += ["ResNetConfig", "draw_skeleton"]
 __version__ = "0.1.0"
 
 # name -> submodule that defines it, imported on first use
-_LAZY = {"RTMO": "model", "ModelManager": "zoo", "Detection": "infer.results", "PoseResult": "infer.results",
-         "Tracker": "infer", "PoseSmoother": "infer", "draw_skeleton": "infer.draw"}
+_LAZY = {"RTMO": "model", "ModelManager": "hub.zoo", "Detection": "infer.results",
+         "PoseResult": "infer.results", "Tracker": "infer", "PoseSmoother": "infer",
+         "draw_skeleton": "infer.draw"}
 
 
 def __getattr__(name: str):

@@ -83,10 +83,10 @@ def load_backend(model_or_path: Any, backend: str | None = None, threads: int | 
 
 def _torch_model(model_or_path: Any, device: str | None, precision: str = "fp32") -> Any:
     if hasattr(model_or_path, "predict_tensor") and hasattr(model_or_path, "parameters"):
-        from .device import resolve_device
+        from .utils.device import resolve_device
 
         return model_or_path.eval().to(resolve_device(device)).set_precision(precision)
-    from .zoo import ModelManager
+    from .hub.zoo import ModelManager
 
     return ModelManager.get(str(model_or_path), device=device, precision=precision)
 
@@ -407,7 +407,7 @@ def run_benchmark_cli(args: argparse.Namespace) -> int:
             raise FileNotFoundError(f"--images: {img}: no such file")
     out_dir = Path(args.output) if args.output is not None else None
     if out_dir is not None:  # checked before the benchmark runs, not after minutes of timing
-        from .fileio import blocking_file
+        from .utils.fileio import blocking_file
 
         blocker = blocking_file(out_dir)
         if blocker is not None or out_dir.suffix.lower() == ".json":
@@ -418,7 +418,7 @@ def run_benchmark_cli(args: argparse.Namespace) -> int:
                     data_root=args.data, nms_threshold=args.nms_threshold)
     print(format_table(res))
     if out_dir is not None:
-        from .fileio import atomic_write_text
+        from .utils.fileio import atomic_write_text
 
         out_dir.mkdir(parents=True, exist_ok=True)
         path = atomic_write_text(out_dir / "benchmark.json", json.dumps(res, indent=2))

@@ -31,15 +31,15 @@ class CLIError(Exception):
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Exception types that mean "bad input" rather than a bug; imported late to keep `rtmo --help` fast."""
-    from .device import DeviceError
+    from .hub.zoo import CheckpointError, DownloadError
     from .infer.image import ImageError
     from .infer.sources import SourceError
-    from .zoo import CheckpointError, DownloadError
+    from .utils.device import DeviceError
 
     errors: list[type[BaseException]] = [CLIError, DeviceError, ImageError, SourceError, CheckpointError,
                                          DownloadError, FileNotFoundError, PermissionError, IsADirectoryError]
     try:
-        from .evaluate import EvaluationError
+        from .eval.coco import EvaluationError
 
         errors.append(EvaluationError)
     except ImportError:  # pragma: no cover - evaluation extras missing
@@ -119,7 +119,7 @@ def resolve_device_arg(spec: str | None) -> str:
         import torch  # noqa: F401
     except ImportError:
         return spec
-    from .device import resolve_device
+    from .utils.device import resolve_device
 
     return str(resolve_device(spec))
 
@@ -223,8 +223,8 @@ def run_predict(args: argparse.Namespace) -> int:
                               inputs=[it.target for it in items if isinstance(it.target, str)],
                               image_names=[it.name for it in items if it.kind == "image"])
 
+    from .hub.zoo import ModelManager
     from .infer.sources import stream_results
-    from .zoo import ModelManager
 
     model = ModelManager.get(args.model, device=args.device, progress=not args.quiet)
     model_name = getattr(model, "checkpoint_info", {}).get("name", args.model)
@@ -310,14 +310,14 @@ def recipe_for_model(name: str) -> str | None:
     the published checkpoint's file name without its `-<sha256 prefix>_<date>.pth` tail."""
     import re
 
-    from .zoo import REGISTRY
+    from .hub.zoo import REGISTRY
 
     entry = REGISTRY.get(name)
     return None if entry is None else re.sub(r"-[0-9a-f]{8}_\d{8}\.pth$", "", entry.filename)
 
 
 def run_models(args: argparse.Namespace) -> int:
-    from .zoo import REGISTRY, cache_dir, cached_path
+    from .hub.zoo import REGISTRY, cache_dir, cached_path
 
     if args.model is not None:
         e = REGISTRY.get(args.model)
@@ -388,7 +388,7 @@ class _CountingModel:
 
 
 def run_val(args: argparse.Namespace) -> int:
-    from .fileio import blocking_file
+    from .utils.fileio import blocking_file
 
     if (args.ann is None) == (args.ann_pos is None):
         raise CLIError("give the annotation file once: `rtmo val FILE ...` or `rtmo val --ann FILE ...`")
@@ -404,7 +404,7 @@ def run_val(args: argparse.Namespace) -> int:
     if blocker is not None:
         raise CLIError(f"--output {out}: {blocker} is a file, not a folder")
     require("pycocotools")
-    from .evaluate import evaluate, evaluate_model, format_metrics, load_annotations, write_metrics
+    from .eval.coco import evaluate, evaluate_model, format_metrics, load_annotations, write_metrics
 
     gt = load_annotations(ann)  # a bad file fails here, before a model loads
     if args.results is not None:
@@ -417,7 +417,7 @@ def run_val(args: argparse.Namespace) -> int:
         if not Path(args.images).is_dir():
             raise CLIError(f"--images {args.images}: no such folder")
         device = resolve_device_arg(args.device)
-        from .zoo import ModelManager
+        from .hub.zoo import ModelManager
 
         model = ModelManager.get(args.model, device=device, progress=not args.quiet)
         bar = None
@@ -487,8 +487,8 @@ def add_train(sub: Any) -> argparse.ArgumentParser:
 
 
 def _list_recipes() -> int:
+    from .hub.zoo import REGISTRY
     from .train.recipes import list_recipes
-    from .zoo import REGISTRY
 
     by_recipe = {recipe_for_model(n): n for n in REGISTRY}
     rows = [(r, by_recipe.get(r, "")) for r in list_recipes()]
@@ -532,15 +532,15 @@ def run_train(args: argparse.Namespace) -> int:
     if name is None:
         raise CLIError("name what to train: `rtmo train rtmo-s-coco` (see `rtmo train --list`)")
     check_positive(args, ("epochs", "iters", "val_interval", "batch_size"))
-    from .device import resolve_devices
+    from .utils.device import resolve_devices
 
     devices = resolve_devices(args.device) if args.device is not None else None
     if devices is not None and len(devices) > 1 and "WORLD_SIZE" not in os.environ:
         raise CLIError(f"--device {args.device} names {len(devices)} devices: start one process per device "
                        f"with torchrun --nproc_per_node {len(devices)} -m rtmo train ...")
+    from .hub.zoo import REGISTRY, fetch
     from .train.recipes import TrainRecipe
     from .train.trainer import scale_epochs, train
-    from .zoo import REGISTRY, fetch
 
     recipe = TrainRecipe.load(recipe_for_model(name) or name)
     epochs = args.epochs
@@ -628,7 +628,7 @@ def add_export(sub: Any) -> argparse.ArgumentParser:
 def run_export_cli(args: argparse.Namespace) -> int:
     from .export import export, output_path
     from .export.onnx import check_export_options
-    from .zoo import ModelManager
+    from .hub.zoo import ModelManager
 
     # Every option is checked before the model is loaded or anything is written.
     check_export_options(args.threshold, args.nms_threshold, args.opset)

@@ -120,9 +120,9 @@ class CSPConfig:
     """CSPDarknet (YOLOX, arch P5) backbone. `size` picks deepen/widen factors unless given.
 
     `use_pretrained=True` initialises it from the YOLOX detector the official configs name for its size
-    (`CSP_PRETRAINED`, see `rtmo.downloads.BACKBONES`; downloaded once into the cache, checksum-verified;
-    offline, an error names the file and where to put it), or from `pretrained` (a file, a registry name
-    or a URL) when given. False: random initialisation.
+    (`CSP_PRETRAINED`, see `rtmo.utils.downloads.BACKBONES`; downloaded once into the cache,
+    checksum-verified; offline, an error names the file and where to put it), or from `pretrained` (a
+    file, a registry name or a URL) when given. False: random initialisation.
     """
 
     size: str = "small"

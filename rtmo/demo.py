@@ -18,8 +18,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     from . import ModelManager
+    from .hub.zoo import CheckpointError, DownloadError
     from .infer.image import ImageError, read_image
-    from .zoo import CheckpointError, DownloadError
 
     try:
         model = ModelManager.get(args.model)

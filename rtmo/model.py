@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -48,6 +48,9 @@ class RTMO(nn.Module):
         self.checkpoint_info: dict[str, Any] = {}
         self.precision = "fp32"  # see set_precision
         self._priors_cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+        # The training losses of the current stage, `criterion(model, images, targets) -> RTMOLoss`; set by
+        # the trainer (a plain attribute, not a submodule: it holds settings, no weights).
+        self.criterion: Callable[[RTMO, torch.Tensor, Any], RTMOLoss] | None = None
 
     @property
     def input_size(self) -> tuple[int, int]:
@@ -76,9 +79,10 @@ class RTMO(nn.Module):
         largest count (see `rtmo.outputs`); `model(images, targets)` -> `RTMOModelOutput(loss=RTMOLoss)`:
         the training losses (`targets`: one `rtmo.train.losses.Targets` per image)."""
         if targets is not None:
-            from .train.losses import compute_losses  # training code stays out of inference imports
-
-            return RTMOModelOutput(loss=RTMOLoss.from_dict(compute_losses(self, images, targets)))
+            if self.criterion is None:
+                raise ValueError("model(images, targets) computes the losses with model.criterion, which is "
+                                 "not set: model.criterion = rtmo.train.losses.Criterion(LossConfig(...))")
+            return RTMOModelOutput(loss=self.criterion(self, images, targets))
         per_image = self.predict_tensor(images, threshold, nms_threshold)
         return RTMOModelOutput(outputs=KeypointOutput.from_per_image(per_image))
 
@@ -212,12 +216,12 @@ class RTMO(nn.Module):
 def load_pretrained_backbone(backbone: nn.Module, cfg: CSPConfig | ResNetConfig,
                              source: str | None = None) -> None:
     """Initialise `backbone` from pretrained weights: `source` or `cfg.pretrained` (a file, a registry name
-    of `rtmo.downloads.BACKBONES` or a URL), by default the registry entry for the backbone
+    of `rtmo.utils.downloads.BACKBONES` or a URL), by default the registry entry for the backbone
     (`CSP_PRETRAINED[size]`, a YOLOX detector whose `backbone.*` weights are copied, as the official
     configs' `init_cfg` does; or torchvision's ImageNet ResNet of that depth). Downloads are verified;
     offline, `DownloadError` names the file and where to put it."""
-    from .checkpoint import CheckpointError, load_checkpoint
-    from .downloads import backbone_checkpoint
+    from .utils.checkpoint import CheckpointError, load_checkpoint
+    from .utils.downloads import backbone_checkpoint
 
     if isinstance(cfg, ResNetConfig):  # a torchvision state dict; its `fc.*` classifier is dropped
         source = source or cfg.pretrained or f"resnet{cfg.depth}"

@@ -20,8 +20,8 @@ import pytest
 import torch
 
 from rtmo import ModelManager
-from rtmo.checkpoint import CheckpointError, load_checkpoint
-from rtmo.zoo import read_checkpoint
+from rtmo.hub.zoo import read_checkpoint
+from rtmo.utils.checkpoint import CheckpointError, load_checkpoint
 
 from .conftest import DATA, fixture_checkpoint, fixture_dir
 from .test_parity import assert_keypoints_match

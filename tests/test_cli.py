@@ -158,7 +158,7 @@ def test_errors_are_one_line_exit_2(case, model_path, tmp_path):
 
 
 def test_models_table():
-    from rtmo.zoo import REGISTRY
+    from rtmo.hub.zoo import REGISTRY
 
     r = rtmo("models", env={"RTMO_CACHE_DIR": "/nonexistent-rtmo-cache"})
     assert r.returncode == 0, r.stderr
@@ -295,7 +295,7 @@ def test_bad_device_is_one_line_before_the_model_loads(cmd, tmp_path, capsys):
 
 def test_device_specs_resolve_like_ultralytics():
     from rtmo.cli import resolve_device_arg
-    from rtmo.device import DeviceError
+    from rtmo.utils.device import DeviceError
 
     assert resolve_device_arg("cpu") == "cpu"
     with pytest.raises(DeviceError, match="not a device name"):
@@ -360,8 +360,8 @@ def test_missing_optional_dependency_names_the_extra(tmp_path):
 
 def test_models_details_and_train_list(capsys, monkeypatch):
     from rtmo.cli import main, recipe_for_model
+    from rtmo.hub.zoo import REGISTRY
     from rtmo.train.recipes import list_recipes
-    from rtmo.zoo import REGISTRY
 
     assert {recipe_for_model(n) for n in REGISTRY} <= set(list_recipes())  # every model has its recipe
     assert recipe_for_model("rtmo-s-coco") == "rtmo-s_8xb32-600e_coco-640x640"

@@ -14,9 +14,9 @@ import torch
 
 import rtmo
 from rtmo import CSPConfig, RTMOConfig
-from rtmo.downloads import BACKBONES, BackboneEntry, DownloadError
+from rtmo.hub.zoo import REGISTRY, ZooEntry, read_checkpoint
 from rtmo.ops.boxes import grid_priors
-from rtmo.zoo import REGISTRY, ZooEntry, read_checkpoint
+from rtmo.utils.downloads import BACKBONES, BackboneEntry, DownloadError
 
 from .conftest import DATA, FIXTURES, fixture_checkpoint
 

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from rtmo.config import COCO_KEYPOINTS, CROWDPOSE_KEYPOINTS
-from rtmo.evaluate import (
+from rtmo.eval.coco import (
     COCO_METRICS,
     CROWDPOSE_METRICS,
     EvaluationError,

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from rtmo.fileio import atomic_path, atomic_write_bytes, blocking_file
+from rtmo.utils.fileio import atomic_path, atomic_write_bytes, blocking_file
 
 
 def test_written_files_get_the_mode_open_would_give(tmp_path):

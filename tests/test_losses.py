@@ -21,7 +21,7 @@ from rtmo.model import RTMO
 from rtmo.nn.head import HeadMaps, flatten_maps
 from rtmo.ops.oks import keypoint_oks, pairwise_pose_oks, pose_oks
 from rtmo.train.assigner import simota_assign
-from rtmo.train.losses import LossConfig, Targets, compute_losses, head_losses
+from rtmo.train.losses import Criterion, LossConfig, Targets, compute_losses, head_losses
 
 FIX = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"
 CKPT = {"s": "rtmo-s_8xb32-600e_coco-640x640_seed0", "t": "rtmo-t_8xb32-600e_body7-416x416_seed0"}
@@ -189,7 +189,7 @@ def end_to_end(v: str, bn: str = "bn-train", stage: str = "stage1") -> dict[str,
     fwd = _npz(d / f"{bn}_forward.npz")
     run = json.loads((d / "summary.json").read_text())["runs"][f"{bn}/{stage}"]
     model = _model(v, bn)
-    model.loss_config = _cfg(stage)
+    model.criterion = Criterion(_cfg(stage))
     images = torch.from_numpy(_npz(d / "batch.npz")["inputs_uint8"]).float()
     captured = {}
     forward_maps = model.forward_maps
@@ -305,7 +305,7 @@ def test_single_positive_train_mode_bf16() -> None:
     torch.manual_seed(0)
     model = RTMO(RTMOConfig.preset("t"))
     model.train()
-    model.loss_config = LossConfig.preset("t", "body7", 3)
+    model.criterion = Criterion(LossConfig.preset("t", "body7", 3))
     person = Targets(torch.tensor([[10.0, 10, 100, 120]]), torch.rand(1, 17, 2) * 80 + 20, torch.ones(1, 17),
                      torch.tensor([5000.0]), heatmap_mask=torch.zeros(128, 128))
     with torch.autocast("cpu", dtype=torch.bfloat16):

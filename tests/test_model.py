@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from rtmo import RTMO, CSPConfig, RTMOConfig
+from rtmo.hub.zoo import CheckpointError, detect_config, load_state_dict_checked
 from rtmo.model import num_parameters
-from rtmo.zoo import CheckpointError, detect_config, load_state_dict_checked
 
 from .conftest import FIXTURES
 

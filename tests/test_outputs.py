@@ -164,7 +164,7 @@ def _full_disk(monkeypatch) -> None:
     """Every atomic write goes to /dev/full, which fails each write with ENOSPC, as a full disk does."""
     if not Path("/dev/full").exists():
         pytest.skip("/dev/full not available")
-    import rtmo.fileio as fileio
+    import rtmo.utils.fileio as fileio
 
     def full(path, mode="r", *args, **kwargs):  # the one atomic writer opens its temporary file here
         return open("/dev/full", mode, *args, **kwargs) if "w" in mode else open(path, mode, *args, **kwargs)

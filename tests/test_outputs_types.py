@@ -59,7 +59,7 @@ def test_from_per_image_round_trip_with_an_empty_image():
 
 def test_training_output_is_an_rtmo_loss():
     from rtmo import ModelManager
-    from rtmo.train.losses import Targets
+    from rtmo.train.losses import Criterion, Targets
 
     with np.load(FIXTURES / "train_rtmo-t_seed0" / "batch.npz") as z:
         images = torch.from_numpy(z["inputs_uint8"]).float()
@@ -67,6 +67,7 @@ def test_training_output_is_an_rtmo_loss():
             "bboxes", "keypoints", "keypoints_visible", "areas", "labels"))) for i in range(4)]
     model = ModelManager.get(fixture_checkpoint("t"), device="cpu")  # its own copy: train mode updates BN
     model.train()
+    model.criterion = Criterion()  # stage-1 losses
     for imgs, tgts in ((images[:1], targets[:1]), (images[1:], targets[1:])):  # B = 1 and B = 3
         out = model(imgs, tgts)
         assert isinstance(out, RTMOModelOutput) and out.outputs is None

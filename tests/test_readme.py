@@ -101,8 +101,8 @@ def test_readme_has_what_the_tests_read():
 def test_training_lines_parse(argv, tmp_path):
     """Parsed, not run: the options exist, the recipe / model name and --init-from resolve."""
     from rtmo.cli import build_parser, recipe_for_model, run_train
+    from rtmo.hub.zoo import REGISTRY
     from rtmo.train.recipes import TrainRecipe
-    from rtmo.zoo import REGISTRY
 
     args = build_parser().parse_args(argv)  # a usage error exits 2 here
     assert args.func is run_train

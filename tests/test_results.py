@@ -79,7 +79,7 @@ def test_json_and_coco_records(result):
     assert d == json.loads(json.dumps(result.to_dict()))
     assert d["image_shape"] == list(result.image_shape) and len(d["detections"]) == len(result)
     recs = result.to_coco(197388)
-    from rtmo.evaluate import pose_result_to_coco
+    from rtmo.eval.coco import pose_result_to_coco
 
     assert recs == pose_result_to_coco(result, 197388)  # one definition
     x1, y1, x2, y2 = result.boxes[0].tolist()

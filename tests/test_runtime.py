@@ -196,7 +196,7 @@ def test_input_size_is_validated(size):
 
 
 def test_torch_checkpoint_follows_the_device_rule():
-    from rtmo.device import resolve_device
+    from rtmo.utils.device import resolve_device
 
     m = ModelManager.get(fixture_checkpoint("t"), input_size=(320, 320))
     assert m.device == resolve_device(None) and m.input_size == (320, 320)

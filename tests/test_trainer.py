@@ -495,7 +495,7 @@ def test_resume_hygiene(tmp_path, caplog):
 
 
 def test_resume_refuses_foreign_and_other_architecture_files(tmp_path):
-    from rtmo.checkpoint import CheckpointError
+    from rtmo.utils.checkpoint import CheckpointError
 
     out = tmp_path / "a"
     Trainer(ToyNet(), toy_recipe(epochs=1), toy_data(), out, progress=False).fit()
@@ -509,7 +509,7 @@ def test_resume_refuses_foreign_and_other_architecture_files(tmp_path):
 def test_training_survives_nan_validation_and_a_nan_loss(tmp_path, caplog):
     """A diverged step: the loss of one iteration is NaN (update skipped, warned) and validation predicts
     NaN (AP not computable, logged); the epoch's checkpoint is still written and training goes on."""
-    from rtmo.evaluate import EvaluationError
+    from rtmo.eval.coco import EvaluationError
 
     calls = {"n": 0}
 

@@ -8,9 +8,10 @@ import io
 import pytest
 import torch
 
-from rtmo import ModelManager, downloads
-from rtmo.downloads import download
-from rtmo.zoo import REGISTRY, CheckpointError, DownloadError, ZooEntry, fetch, read_checkpoint
+from rtmo import ModelManager
+from rtmo.hub.zoo import REGISTRY, CheckpointError, DownloadError, ZooEntry, fetch, read_checkpoint
+from rtmo.utils import downloads
+from rtmo.utils.downloads import download
 
 from .conftest import fixture_checkpoint
 
@@ -138,8 +139,8 @@ def test_bad_checkpoint_files(tmp_path):
 
 
 def test_backbone_registry_covers_the_recipes():
+    from rtmo.hub.zoo import BACKBONES
     from rtmo.train.recipes import TrainRecipe, list_recipes
-    from rtmo.zoo import BACKBONES
 
     urls = {e.url for e in BACKBONES.values()}
     for name in list_recipes():
@@ -151,8 +152,8 @@ def test_yolox_backbone_init_from_cache_url_and_file(tmp_path, monkeypatch):
     """The recipe's YOLOX URL resolves to the verified cached file (offline); the backbone weights,
     BN statistics included, are copied; a corrupt cache file and a missing path get clear errors."""
     from rtmo import RTMO, RTMOConfig
+    from rtmo.hub.zoo import BACKBONES, BackboneEntry, backbone_checkpoint
     from rtmo.train.trainer import init_weights, load_backbone
-    from rtmo.zoo import BACKBONES, BackboneEntry, backbone_checkpoint
 
     torch.manual_seed(1)
     donor = RTMO(RTMOConfig.preset("t"))

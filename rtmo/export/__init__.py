@@ -7,7 +7,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from ..fileio import blocking_file
+from ..utils.fileio import blocking_file
 
 # Imported on first use (PEP 562): opening an exported model (`rtmo.export.runtime`) must not import torch
 # through `.onnx`, which traces PyTorch models.

@@ -30,10 +30,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..fileio import atomic_path
 from ..nn.head import flatten_maps
 from ..ops.boxes import decode_boxes, grid_priors, nms, xyxy_to_cs
 from ..ops.letterbox import PAD_VALUE
+from ..utils.fileio import atomic_path
 from .runtime import INPUT_NAME, METADATA_PREFIX, OUTPUT_NAMES, read_metadata  # noqa: F401 (contract)
 
 

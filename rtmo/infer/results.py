@@ -173,7 +173,7 @@ class PoseResult:
             ok = False
         if not ok:
             raise ValueError(f"{p}: cannot encode an image with suffix {p.suffix!r} (use .jpg or .png)")
-        from ..fileio import atomic_write_bytes
+        from ..utils.fileio import atomic_write_bytes
 
         return atomic_write_bytes(p, buf.tobytes())
 

@@ -24,7 +24,7 @@ from typing import Any, TextIO
 import cv2
 import numpy as np
 
-from ..fileio import atomic_write_bytes, blocking_file
+from ..utils.fileio import atomic_write_bytes, blocking_file
 from .draw import draw_result
 from .results import PoseResult
 from .sources import SourceInfo

@@ -85,8 +85,8 @@ def run_serve(args: argparse.Namespace) -> int:
         from .app import create_app
     except ImportError as e:
         raise ValueError(f"rtmo serve needs the serve extra: pip install 'rtmo[serve]' ({e})") from None
-    from ..device import resolve_device
-    from ..zoo import ModelManager
+    from ..hub.zoo import ModelManager
+    from ..utils.device import resolve_device
 
     device = resolve_device(args.device)  # a missing GPU is one clear line, before anything else
     sock = _listen(args.host, args.port)

@@ -1,8 +1,8 @@
 """RTMO's training losses, exact to mmpose's `RTMOHead.loss` (reference §10.4-10.7).
 
-Entry point: `compute_losses(model, images, targets, cfg=None)`, which `RTMO.forward(images, targets)` calls.
-The loss settings of the current training stage live in `model.loss_config` (a `LossConfig`; the trainer
-sets it at each stage switch). An explicit `cfg` argument takes precedence; neither -> `LossConfig()`.
+Entry point: `Criterion(LossConfig(...))`, set as `model.criterion` (the trainer sets a new one at each stage
+switch); `RTMO.forward(images, targets)` calls it. `compute_losses(model, images, targets, cfg)` is the same
+as a function.
 
 Terms (all in one dict, as mmpose logs them): `loss_cls` (VariFocal over all priors), `loss_bbox` (IoU²),
 `loss_vis` (BCE), `loss_oks` (proxy keypoints), `loss_mle` (DCC coordinate classification with learned
@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from ..nn.head import HeadMaps, flatten_maps
 from ..ops.boxes import decode_boxes, xyxy_to_cs
 from ..ops.oks import keypoint_oks, pose_oks
+from ..outputs import RTMOLoss
 from .assigner import SimOTAConfig, simota_assign
 
 
@@ -200,9 +201,19 @@ def compute_losses(model: torch.nn.Module, images: torch.Tensor, targets: list[T
         n = len(targets) if hasattr(targets, "__len__") else "?"
         got = f"{type(targets).__name__} of length {n}"
         raise ValueError(f"targets must be a list with one Targets per image ({images.shape[0]}), got {got}")
-    cfg = _as_config(cfg if cfg is not None else getattr(model, "loss_config", None))
+    cfg = _as_config(cfg)
     maps = model.forward_maps(images, with_kpt_reg=True)
     return head_losses(model, maps, targets, cfg)
+
+
+class Criterion:
+    """The losses of one training stage: `criterion(model, images, targets) -> RTMOLoss`."""
+
+    def __init__(self, cfg: LossConfig | None = None):
+        self.cfg = cfg or LossConfig()
+
+    def __call__(self, model: torch.nn.Module, images: torch.Tensor, targets: list[Targets]) -> RTMOLoss:
+        return RTMOLoss.from_dict(compute_losses(model, images, targets, self.cfg))
 
 
 def head_losses(model: torch.nn.Module, maps: HeadMaps, targets: list[Targets], cfg: LossConfig,

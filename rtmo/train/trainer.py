@@ -20,14 +20,14 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
-from ..checkpoint import CheckpointError
-from ..checkpoint import load_checkpoint as read_checkpoint_file
 from ..config import ResNetConfig, RTMOConfig
-from ..device import resolve_device
-from ..evaluate import EvaluationError
-from ..fileio import blocking_file
+from ..eval.coco import EvaluationError
 from ..outputs import RTMOModelOutput
-from . import distributed as du
+from ..utils import dist as du
+from ..utils.checkpoint import CheckpointError
+from ..utils.checkpoint import load_checkpoint as read_checkpoint_file
+from ..utils.device import resolve_device
+from ..utils.fileio import blocking_file
 from .dataset import TrainData, build_train_data
 from .ema import ModelEMA
 from .optim import LRSchedule, build_optimizer
@@ -60,11 +60,10 @@ def data_stage(recipe: TrainRecipe, epoch: int) -> int:
 
 
 def apply_loss_settings(model: nn.Module, settings: dict[str, Any]) -> None:
-    """Hand the stage's loss settings to `rtmo.train.losses` through `model.loss_config`, which
-    `compute_losses(model, ...)` reads (recipe and LossConfig share field names)."""
-    from .losses import LossConfig
+    """The stage's loss settings as the model's criterion (recipe and LossConfig share field names)."""
+    from .losses import Criterion, LossConfig
 
-    model.loss_config = LossConfig(**settings)
+    model.criterion = Criterion(LossConfig(**settings))
 
 
 # ----------------------------------------------------------------------------------------- batch helpers
@@ -181,7 +180,7 @@ def save_atomic(obj: Any, path: Path) -> None:
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """A training checkpoint to resume from, read by `rtmo.checkpoint.load_checkpoint` (which never runs
+    """A training checkpoint to resume from, read by `rtmo.utils.checkpoint.load_checkpoint` (which never runs
     code and names a corrupt or foreign file); `CheckpointError` when it is not an rtmo training
     checkpoint."""
     path = Path(path)
@@ -287,7 +286,7 @@ class Trainer:
     computed by `rtmo.train.losses.compute_losses`).
 
     `evaluate(ema_model) -> {'AP': ...}` runs with the EMA weights in eval mode on every rank (it may shard
-    the work, as `rtmo.evaluate.evaluate_model` does); rank 0's result is logged and its first key decides
+    the work, as `rtmo.eval.coco.evaluate_model` does); rank 0's result is logged and its first key decides
     `best.pth`. Set `max_iters_per_epoch` to cut epochs short (smoke runs, tests).
     """
 
@@ -497,7 +496,7 @@ class Trainer:
         du.average_bn_stats(self.model)  # SyncNormHook
         if self.ema is not None:
             du.average_bn_stats(self.ema.module)
-        # Every rank evaluates: the default evaluator (rtmo.evaluate.evaluate_model) predicts this rank's
+        # Every rank evaluates: the default evaluator (rtmo.eval.coco.evaluate_model) predicts this rank's
         # shard of the images and rank 0 scores the gathered predictions.
         net = self.ema.module if self.ema is not None else self.model
         was_training = net.training
@@ -731,8 +730,8 @@ def init_weights(model: nn.Module, backbone_checkpoint: str | Path | None = None
 
 def load_backbone(model: nn.Module, checkpoint: str | Path) -> None:
     """Copy the `backbone.*` entries of a detector checkpoint into `model.backbone`. `checkpoint` is a
-    local file, a `rtmo.zoo.BACKBONES` name (e.g. 'yolox-s') or a URL; downloads are checksum-verified."""
-    from ..zoo import backbone_checkpoint, read_checkpoint
+    local file, a `rtmo.hub.zoo.BACKBONES` name (e.g. 'yolox-s') or a URL; downloads are checksum-verified."""
+    from ..hub.zoo import backbone_checkpoint, read_checkpoint
 
     path = backbone_checkpoint(checkpoint)
     state, _ = read_checkpoint(path)
@@ -834,7 +833,7 @@ def train(recipe: TrainRecipe | str | Path, *, data_root: str | Path | None = No
     seed_everything(recipe.runtime.seed)  # the same initial weights on every rank and every run
     model = RTMO(cfg, keypoint_info=kinfo)
     if init_from:
-        from ..zoo import load_state_dict_checked, read_checkpoint
+        from ..hub.zoo import load_state_dict_checked, read_checkpoint
 
         load_state_dict_checked(model, read_checkpoint(init_from)[0])
     elif not resume:
@@ -919,9 +918,9 @@ def default_evaluator(recipe: TrainRecipe) -> Evaluator | None:
         log.warning("validation annotations %s not found: training without validation", ann)
         return None
     try:
-        from .. import evaluate as ev
+        from ..eval import coco as ev
     except ImportError:
-        log.warning("rtmo.evaluate is not available: training without validation")
+        log.warning("rtmo.eval.coco is not available: training without validation")
         return None
     img_dir = Path(recipe.data.root) / recipe.data.val_img_prefix
     protocol = "crowdpose" if recipe.data.crowd_metric else "coco"

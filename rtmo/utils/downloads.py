@@ -1,7 +1,7 @@
 """Weights from the internet, safely: a cache folder, checksum-verified downloads published atomically, a
 clear offline error, and the registry of backbone initialisations (YOLOX detectors, ImageNet ResNets).
 
-Registry entries (these and `rtmo.zoo.ZooEntry`) need `name`, `filename`, `url`, `urls` and
+Registry entries (these and `rtmo.hub.zoo.ZooEntry`) need `name`, `filename`, `url`, `urls` and
 `sha256_prefix` ("" where the publisher gives no checksum).
 """
 

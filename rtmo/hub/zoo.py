@@ -9,9 +9,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .checkpoint import CheckpointError, load_checkpoint
-from .config import KeypointInfo, ResNetConfig, RTMOConfig, keypoint_info_for
-from .downloads import (  # noqa: F401 - re-exported: rtmo.zoo is where users look for them
+from ..config import KeypointInfo, ResNetConfig, RTMOConfig, keypoint_info_for
+from ..ops.checks import check_input_size
+from ..utils.checkpoint import CheckpointError, load_checkpoint
+from ..utils.downloads import (  # noqa: F401 - re-exported: rtmo.hub.zoo is where users look for them
     BACKBONES,
     CACHE_ENV,
     BackboneEntry,
@@ -21,12 +22,11 @@ from .downloads import (  # noqa: F401 - re-exported: rtmo.zoo is where users lo
     cached_or_download,
     sha256_of,
 )
-from .ops.checks import check_input_size
 
 if TYPE_CHECKING:
     import torch
 
-    from .model import RTMO
+    from ..model import RTMO
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +115,8 @@ def fetch(name: str, download_missing: bool = True, progress: bool = True) -> Pa
 
 def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """(state_dict, meta) from an mmpose checkpoint (published or mmengine format), our own training
-    checkpoint, or a bare state dict. Read by `rtmo.checkpoint.load_checkpoint`, which never runs code."""
+    checkpoint, or a bare state dict. Read by `rtmo.utils.checkpoint.load_checkpoint`, which never runs
+    code."""
     import torch
 
     p = Path(path)
@@ -256,7 +257,7 @@ class ModelManager:
             raise ValueError(f"num_threads must be a positive integer, got {num_threads!r}")
         key = str(name_or_path)
         if Path(key).suffix.lower() in EXPORTED_SUFFIXES:
-            from .export.runtime import load_exported
+            from ..export.runtime import load_exported
 
             model = load_exported(key, backend=backend, num_threads=num_threads, device=device,
                                   precision=precision)
@@ -272,8 +273,8 @@ class ModelManager:
         except ImportError:
             raise ImportError(f"{key}: checkpoints need PyTorch: pip install \"rtmo[torch]\" (exported "
                               ".onnx / .xml models run without it)") from None
-        from .device import resolve_device
-        from .model import PRECISIONS, RTMO
+        from ..model import PRECISIONS, RTMO
+        from ..utils.device import resolve_device
 
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")

@@ -31,9 +31,9 @@ from typing import Any
 
 import numpy as np
 
-from .config import keypoint_info_for
-from .fileio import atomic_write_text
-from .infer.results import PoseResult
+from ..config import keypoint_info_for
+from ..infer.results import PoseResult
+from ..utils.fileio import atomic_write_text
 
 COCO_METRICS = ("AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl")
 CROWDPOSE_METRICS = ("AP", "AP50", "AP75", "AR", "AR50", "AR75", "AP(E)", "AP(M)", "AP(H)")
@@ -396,7 +396,7 @@ def evaluate_model(model: Any, images_dir: str | os.PathLike, ann_file: AnnSourc
     images, rank 0 gathers the records and scores them, and every rank returns rank 0's metrics.
     `results_file`, when given, receives the COCO results JSON (written atomically, by rank 0).
     """
-    from .train import distributed as du
+    from ..utils import dist as du
 
     if protocol not in PROTOCOLS:
         raise EvaluationError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
@@ -471,7 +471,7 @@ def run_val(ann: str | os.PathLike, results: str | os.PathLike | None = None, mo
     if (results is None) == (model is None):
         raise EvaluationError("give exactly one of a results file or a model")
     if output is not None:  # before a long evaluation, not after it
-        from .infer.writers import check_output_file
+        from ..infer.writers import check_output_file
 
         check_output_file(output, "metrics file")
     if results is not None:
@@ -480,7 +480,7 @@ def run_val(ann: str | os.PathLike, results: str | os.PathLike | None = None, mo
         if images is None:
             raise EvaluationError("evaluating a model needs the images directory")
         if isinstance(model, (str, os.PathLike)):
-            from .zoo import ModelManager
+            from ..hub.zoo import ModelManager
 
             model = ModelManager.get(model)
         metrics = evaluate_model(model, images, ann, protocol, batch_size)

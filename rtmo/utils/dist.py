@@ -10,7 +10,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ..device import resolve_device
+from .device import resolve_device
 
 
 @dataclass
