@@ -79,6 +79,19 @@ def keypoint_deviation(ref_boxes: np.ndarray, ref_kpts: np.ndarray, boxes: np.nd
             "p95_px": float(np.percentile(dev, 95))}
 
 
+def rtmlib_model(onnx_path: Path, size: tuple[int, int], threads: int):
+    """rtmlib's RTMO on `onnx_path` with mmpose's thresholds; its session keeps ORT's defaults (spinning
+    on) except the thread count, pinned to `threads` like every contender's."""
+    import onnxruntime as ort
+    from rtmlib import RTMO as RtmlibRTMO
+
+    model = RtmlibRTMO(str(onnx_path), model_input_size=tuple(size)[::-1], score_thr=0.1, nms_thr=0.65)
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    model.session = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
+    return model
+
+
 def rtmlib_boxes(model, img: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """rtmlib's RTMO.__call__ returns keypoints and scores only: redo its steps to keep the boxes too."""
     from rtmlib.tools.object_detection.post_processings import multiclass_nms
@@ -168,25 +181,16 @@ def main() -> None:
     ap.add_argument("--trained", type=Path, default=None, help="a trained checkpoint (bench/overfit.py): "
                     "also compare rtmlib's poses with rtmo's on it (deviation, COCO AP on the 4 images)")
     args = ap.parse_args()
-    from rtmlib import RTMO as RtmlibRTMO
-
     from rtmo import ModelManager
     from rtmo.export.runtime import OnnxRuntimeModel
 
     onnx_path = Path(args.onnx) if args.onnx else export_s(Path("/tmp/rtmo-bench-peers/rtmo-s.onnx"))
     size = tuple(ModelManager.get(onnx_path).input_size)
     contenders = {
-        "rtmlib": RtmlibRTMO(str(onnx_path), model_input_size=size[::-1], score_thr=0.1, nms_thr=0.65),
+        "rtmlib": rtmlib_model(onnx_path, size, args.threads),
         "rtmo-ort": ModelManager.get(onnx_path, num_threads=args.threads),  # default: no spinning
         "rtmo-ort-spin": OnnxRuntimeModel(onnx_path, num_threads=args.threads, spinning=True),
     }
-    # rtmlib's session: ORT defaults (threads = physical cores, spinning on); pin its thread count too.
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = args.threads
-    contenders["rtmlib"].session = ort.InferenceSession(str(onnx_path), opts,
-                                                        providers=["CPUExecutionProvider"])
     image = args.image
 
     def run(name: str) -> int:

@@ -3,7 +3,8 @@
     python bench/overfit.py --variant t --size 256 --iters 1500 --run-dir runs/overfit   # ~25 min, 1 core
     python bench/precision_accuracy.py --checkpoint runs/overfit/last.pth [--json precision.json]
 
-Paths: torch fp32 (the reference), torch bf16 (autocast + channels_last + fuse; CPUs with AVX512-BF16/AMX),
+Paths: torch fp32 (the reference), torch fp32 fast (`ModelManager.get(..., fast=True)`: fused,
+channels-last), torch bf16 (autocast + channels_last + fuse; CPUs with AVX512-BF16/AMX),
 ONNX Runtime fp32 and INT8 (static QDQ, `rtmo.export.quantize.quantize_onnx`), OpenVINO fp32, bf16
 (INFERENCE_PRECISION_HINT) and INT8 (NNCF, `quantize_openvino`). Per path, on the 4 annotated COCO images:
   * keypoint deviation from torch fp32 in image pixels (median / p95), per fp32 person with score >= 0.3
@@ -42,16 +43,20 @@ SHARED = Path(os.environ.get("RTMO_SHARED", ROOT.parent / "shared"))
 COCO = SHARED / "data" / "coco"
 
 
-def build_paths(ckpt: Path, work: Path, threads: int) -> dict[str, object]:
+def build_paths(ckpt: Path, work: Path, threads: int, calibration: Path = COCO) -> dict[str, object]:
+    """Every rtmo path on this machine for `ckpt`: torch fp32 (bit-exact), fp32 fast (fused,
+    channels-last), bf16 where the CPU has the units; the ONNX export (`work/model.onnx`) on ONNX Runtime
+    fp32 and INT8 and on OpenVINO fp32, bf16 and INT8 (INT8 calibrated on `calibration`'s images)."""
     fp32 = ModelManager.get(ckpt, device="cpu", num_threads=threads)
     paths: dict[str, object] = {"torch-fp32": fp32}
+    paths["torch-fp32-fast"] = ModelManager.get(ckpt, device="cpu", fast=True)
     try:
         paths["torch-bf16"] = ModelManager.get(ckpt, device="cpu", precision="bf16")
     except ValueError as e:
         print(f"skipping torch bf16: {e}")
     onnx_path = export_onnx(fp32, work / "model.onnx", check=False)
     paths["ort-fp32"] = ModelManager.get(onnx_path, num_threads=threads)
-    paths["ort-int8"] = ModelManager.get(quantize_onnx(onnx_path, work / "model-int8.onnx", COCO),
+    paths["ort-int8"] = ModelManager.get(quantize_onnx(onnx_path, work / "model-int8.onnx", calibration),
                                          num_threads=threads)
     try:
         paths["ov-fp32"] = ModelManager.get(onnx_path, backend="openvino", num_threads=threads)
@@ -60,11 +65,34 @@ def build_paths(ckpt: Path, work: Path, threads: int) -> dict[str, object]:
                                                 precision="bf16")
         except ValueError as e:
             print(f"skipping OpenVINO bf16: {e}")
-        xml = quantize_openvino(onnx_path, work / "model-int8.xml", COCO)
+        xml = quantize_openvino(onnx_path, work / "model-int8.xml", calibration)
         paths["ov-int8"] = ModelManager.get(xml, num_threads=threads)
     except ImportError as e:
         print(f"skipping OpenVINO: {e}")
     return paths
+
+
+def accuracy_rows(paths: dict[str, object], images: list[Path], ann: Path | None = None,
+                  ref: str = "torch-fp32") -> dict[str, dict]:
+    """Per path: keypoint deviation from `ref` (median / p95 px, people with score >= 0.3 matched by box
+    IoU), the `ref` people it lost and, with `ann`, its COCO AP / AP50 on `images`."""
+    base = {p: paths[ref].infer(str(p)) for p in images}
+    rows = {}
+    for name, model in paths.items():
+        devs, lost = [], 0
+        for p in images:
+            r, f = model.infer(str(p)), base[p]
+            keep = f.scores >= 0.3
+            dev, matched = matched_deviations(f.boxes[keep], f.keypoints[keep], r.boxes, r.keypoints)
+            lost += int(keep.sum()) - matched
+            devs.append(dev)
+        dev = np.concatenate(devs) if sum(map(len, devs)) else np.array([np.nan])
+        rows[name] = {"kpt_dev_median_px": float(np.median(dev)), "unmatched": lost,
+                      "kpt_dev_p95_px": float(np.percentile(dev, 95))}
+        if ann is not None:
+            metrics = evaluate_model(model, ann.parent, ann)
+            rows[name].update(AP=metrics["AP"], AP50=metrics.get("AP50"))
+    return rows
 
 
 def main() -> None:
@@ -81,21 +109,7 @@ def main() -> None:
     images = sorted(COCO.glob("*.jpg"))
     work = Path(tempfile.mkdtemp(prefix="rtmo-precision-"))
     paths = build_paths(args.checkpoint, work, args.threads)
-    ref = {p: paths["torch-fp32"].infer(str(p)) for p in images}
-    rows = {}
-    for name, model in paths.items():
-        devs, lost = [], 0
-        for p in images:
-            r, f = model.infer(str(p)), ref[p]
-            keep = f.scores >= 0.3
-            dev, matched = matched_deviations(f.boxes[keep], f.keypoints[keep], r.boxes, r.keypoints)
-            lost += int(keep.sum()) - matched
-            devs.append(dev)
-        dev = np.concatenate(devs) if sum(map(len, devs)) else np.array([np.nan])
-        metrics = evaluate_model(model, COCO, ann)
-        rows[name] = {"kpt_dev_median_px": float(np.median(dev)), "unmatched": lost,
-                      "kpt_dev_p95_px": float(np.percentile(dev, 95)), "AP": metrics["AP"],
-                      "AP50": metrics.get("AP50")}
+    rows = accuracy_rows(paths, images, ann)
     times: dict[str, list[float]] = {k: [] for k in paths}
     img = str(images[0])
     for m in paths.values():
@@ -108,11 +122,11 @@ def main() -> None:
     base = statistics.median(times["torch-fp32"])
     print(f"\n{args.checkpoint} ({paths['torch-fp32'].input_size[0]}px), {args.threads} threads, "
           f"{len(images)} COCO images, latency on {Path(img).name}, {args.runs} alternating rounds")
-    print(f"{'path':<12}{'kpt dev med':>12}{'p95':>8}{'lost':>6}{'AP':>7}{'AP50':>7}{'ms':>8}{'vs fp32':>9}")
+    print(f"{'path':<16}{'kpt dev med':>12}{'p95':>8}{'lost':>6}{'AP':>7}{'AP50':>7}{'ms':>8}{'vs fp32':>9}")
     for k, r in rows.items():
         ms = statistics.median(times[k]) * 1e3
         r["end2end_ms"], r["vs_torch_fp32"] = ms, ms / 1e3 / base
-        print(f"{k:<12}{r['kpt_dev_median_px']:>12.3f}{r['kpt_dev_p95_px']:>8.2f}{r['unmatched']:>6}"
+        print(f"{k:<16}{r['kpt_dev_median_px']:>12.3f}{r['kpt_dev_p95_px']:>8.2f}{r['unmatched']:>6}"
               f"{r['AP']:>7.3f}{r['AP50'] or float('nan'):>7.3f}{ms:>8.1f}{r['vs_torch_fp32']:>8.2f}x")
     Path(args.json).write_text(json.dumps({"checkpoint": str(args.checkpoint), "threads": args.threads,
                                            "rows": rows}, indent=2))

@@ -241,11 +241,13 @@ class ModelManager:
     @staticmethod
     def get(name_or_path: str | os.PathLike, device: Any = None, config: RTMOConfig | None = None,
             input_size: tuple[int, int] | None = None, download: bool = True, progress: bool = True,
-            backend: str | None = None, num_threads: int | None = None, precision: str = "fp32") -> Any:
+            backend: str | None = None, num_threads: int | None = None, precision: str = "fp32",
+            fast: bool = False) -> Any:
         """A ready model in eval mode.
 
         Checkpoints (registry names, .pth): an `RTMO` on `device` (None: CUDA when available, else CPU),
-        at `precision` 'fp32' | 'bf16' | 'fp16' (see `RTMO.set_precision`); `num_threads` sets torch's
+        at `precision` 'fp32' | 'bf16' | 'fp16' (see `RTMO.set_precision`; `fast=True`: fused, channels-last
+        fp32, within float rounding of the bit-exact default); `num_threads` sets torch's
         intra-op threads. Exported files (.onnx, .xml, .engine) open with their runtime, never importing
         torch for ONNX Runtime / OpenVINO: `backend` 'onnxruntime' | 'openvino' | 'tensorrt' (default by
         suffix), `num_threads` (default: the physical cores), `device`, `precision` (see
@@ -301,4 +303,4 @@ class ModelManager:
         load_state_dict_checked(model, state_dict)
         model.checkpoint_info = {**source, "sha256": sha256_of(source["path"])}
         model.eval().to(dev)
-        return model.set_precision(precision)
+        return model.set_precision(precision, fast=fast)
