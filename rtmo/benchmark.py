@@ -3,12 +3,14 @@
 Per batch size it measures
   * model: the backend call on an already letterboxed batch (network + NMS + DCC: what the ONNX graph holds);
   * end2end: decode the image files -> letterbox -> model -> back to image pixels (`rtmo.infer.api.infer`);
-  * throughput = batch / median end2end; spread as p10..p90 over `runs` after `warmup` untimed runs;
+  * throughput = batch / median end2end; spread as p10..p90 over `runs` after `warmup` untimed runs, the
+    cases interleaved round by round (`_interleaved`) so that a change in machine load biases none;
   * peak memory: CUDA max allocated on GPU; on CPU the process's peak RSS during the runs (VmHWM, reset
     before each measurement where the kernel allows) and tracemalloc's Python-heap peak.
 `persons_mode` times single images holding 1, 5, 10, 20 people (crops of real annotated people tiled on a
-canvas, see `crowd_images`), to show that the cost barely depends on the crowd: one forward, NMS over a
-fixed grid and a DCC whose cost per person is small.
+canvas, see `crowd_images`): one forward, NMS over the candidates and a DCC whose cost grows with the
+detections; each row reports its detection count and its time relative to the first, and
+`persons_summary` the fitted cost per extra detection.
 """
 
 from __future__ import annotations
@@ -153,14 +155,20 @@ def crowd_images(data_root: str | Path, counts: tuple[int, ...] = (1, 5, 10, 20)
 
 
 # ------------------------------------------------------------------------------------------ timing
-def _timed(fn: Callable[[], Any], runs: int, warmup: int) -> list[float]:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
+def _interleaved(calls: list[tuple[Callable[[], Any], ...]], runs: int, warmup: int
+                 ) -> list[list[list[float]]]:
+    """Seconds per call of every case, rounds interleaved (every case once per round, the order reversed
+    every other round) so that load from other processes, or a CPU warming up, hits every case alike
+    instead of biasing the later ones: per case, one list of times per call."""
+    times = [[[] for _ in fns] for fns in calls]
+    order = list(range(len(calls)))
+    for r in range(warmup + runs):
+        for c in (order if r % 2 == 0 else order[::-1]):
+            for k, fn in enumerate(calls[c]):
+                t = time.perf_counter()
+                fn()
+                if r >= warmup:
+                    times[c][k].append(time.perf_counter() - t)
     return times
 
 
@@ -276,9 +284,9 @@ def benchmark(model_or_path: Any, backend: str | None = None, batch_sizes: tuple
     else:
         cases = [(f"batch {b}", [paths[i % len(paths)] for i in range(b)]) for b in batch_sizes]
 
-    for label, files in cases:
-        arrays = [read_image(p) for p in files]
-        batch, _ = preprocess(arrays, input_size)
+    calls = []  # per case: (model-only call, end-to-end call)
+    for _, files in cases:
+        batch, _ = preprocess([read_image(p) for p in files], input_size)
 
         def model_only(batch: np.ndarray = batch) -> None:
             model.predict_tensor(batch, threshold, nms_threshold)
@@ -288,8 +296,10 @@ def benchmark(model_or_path: Any, backend: str | None = None, batch_sizes: tuple
             infer(model, [str(p) for p in files], threshold, nms_threshold)
             sync()
 
-        t_model = _summary(_timed(model_only, runs, warmup))
-        t_e2e = _summary(_timed(end2end, runs, warmup))
+        calls.append((model_only, end2end))
+    times = _interleaved(calls, runs, warmup)
+    for (label, files), (_, end2end), (t_model, t_e2e) in zip(cases, calls, times):
+        t_model, t_e2e = _summary(t_model), _summary(t_e2e)
         n_det = sum(len(r) for r in infer(model, [str(p) for p in files], threshold, nms_threshold))
         result["rows"].append({
             "case": label, "batch": len(files), "model": t_model, "end2end": t_e2e,
@@ -300,7 +310,19 @@ def benchmark(model_or_path: Any, backend: str | None = None, batch_sizes: tuple
         base = result["rows"][0]["end2end"]["median_s"]
         for r in result["rows"]:
             r["end2end_vs_first"] = r["end2end"]["median_s"] / base
+        result["persons"] = persons_summary(result["rows"])
     return result
+
+
+def persons_summary(rows: list[dict[str, Any]]) -> dict[str, float | None]:
+    """How end-to-end time grows with the detection count: the least-squares slope (ms per extra
+    detection), the fixed part (ms at 0 detections) and the spread max/min - 1 over the rows."""
+    n = np.array([r["detections"] for r in rows], dtype=np.float64)
+    t = np.array([r["end2end"]["median_s"] * 1e3 for r in rows])
+    slope, intercept = np.polyfit(n, t, 1) if len(rows) > 1 and np.ptp(n) > 0 else (None, None)
+    return {"ms_per_extra_detection": None if slope is None else float(slope),
+            "ms_fixed": None if intercept is None else float(intercept),
+            "spread": float(t.max() / t.min() - 1)}
 
 
 def _cuda_sync() -> None:
@@ -339,20 +361,25 @@ def format_table(results: dict[str, Any] | list[dict[str, Any]]) -> str:
     """A plain-text table: one line per backend and case, times in milliseconds (median [p10..p90])."""
     results = [results] if isinstance(results, dict) else results
     head = (f"{'backend':<14}{'case':<11}{'model ms':>22}{'end2end ms':>24}{'img/s':>8}{'dets':>6}"
-            f"{'ms/det':>8}{'peak MiB':>10}")
+            f"{'ms/det':>8}{'vs 1st':>8}{'peak MiB':>10}")
     lines = [head, "-" * len(head)]
     for res in results:
         for r in res["rows"]:
             mem = r["memory"].get("cuda_max_allocated_mib", r["memory"].get("rss_peak_mib"))
             m, e = r["model"], r["end2end"]
             per_det = f"{r['ms_per_detection']:.2f}" if r.get("ms_per_detection") else "-"
+            vs_first = f"{r['end2end_vs_first']:.2f}x" if "end2end_vs_first" in r else "-"
             lines.append(
                 f"{res['backend']:<14}{r['case']:<11}"
                 f"{m['median_s'] * 1e3:>8.1f} [{m['p10_s'] * 1e3:5.1f}..{m['p90_s'] * 1e3:5.1f}]"
                 f"{e['median_s'] * 1e3:>10.1f} [{e['p10_s'] * 1e3:5.1f}..{e['p90_s'] * 1e3:5.1f}]"
                 f"{r['throughput_img_s']:>8.2f}{r['detections']:>6}"
-                f"{per_det:>8}"
+                f"{per_det:>8}{vs_first:>8}"
                 f"{'-' if mem is None else f'{mem:.0f}':>10}")
+        p = res.get("persons")
+        if p and p["ms_per_extra_detection"] is not None:
+            lines.append(f"{res['backend']}: {p['ms_per_extra_detection']:+.2f} ms per extra detection over "
+                         f"{p['ms_fixed']:.1f} ms; slowest/fastest case {p['spread']:+.1%}")
     return "\n".join(lines)
 
 

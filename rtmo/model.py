@@ -162,11 +162,11 @@ class RTMO(nn.Module):
         AMX, CUDA GPUs with bf16) or 'fp16' (CUDA). Reduced precision also fuses BatchNorm/RepVGG (`fuse`,
         irreversible) and stores weights channels-last.
 
-        `fast=True` with 'fp32' does the same fusing and channels-last layout in float32: about 1.5x faster
-        on CPU, outputs within float rounding of the bit-exact mode (not identical: folding BatchNorm
-        reorders the arithmetic; bench/bench_all.py measures the deviation). Reduced precisions are always
-        fast. Call after moving the model to its device. Raises ValueError when the device lacks the
-        precision."""
+        `fast=True` with 'fp32' does the same in float32 (fused BatchNorm/RepVGG, channels-last, one fused
+        SiLU for mmpose's two-op Swish): outputs within float rounding of the bit-exact mode, not identical
+        (folding BatchNorm reorders the arithmetic; bench/bench_all.py measures the deviation). Reduced
+        precisions are always fast. Call after moving the model to its device. Raises ValueError when the
+        device lacks the precision."""
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         fast = bool(fast) or precision != "fp32"
@@ -180,7 +180,12 @@ class RTMO(nn.Module):
         if precision != "fp32":
             _check_precision_supported(precision, self.device)
         if fast and not was_fast:
+            from .nn.layers import ConvModule, Swish
+
             self.eval().fuse()
+            for module in self.modules():  # one fused pass instead of sigmoid then multiply (last-bit change)
+                if isinstance(module, ConvModule) and isinstance(module.activate, Swish):
+                    module.activate = nn.SiLU(inplace=True)  # its input is the fresh conv output
             self.to(memory_format=torch.channels_last)
             self.fast = True
         self.precision = precision

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 
@@ -26,17 +27,15 @@ def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_thr: float) -> torch.Tens
         return torch.zeros(0, dtype=torch.long, device=boxes.device)
     order = scores.argsort(descending=True, stable=True)
     over = (box_iou(boxes[order], boxes[order]) > iou_thr).cpu().numpy()
-    n = len(order)
-    suppressed = [False] * n
+    # Greedy in score order; each kept box suppresses its whole row at once (a vectorised OR), so the
+    # Python loop runs once per candidate, not once per pair: crowds give thousands of candidates.
+    # Marking rows j < i too is harmless: those were decided already.
+    suppressed = np.zeros(len(order), dtype=bool)
     keep = []
-    for i in range(n):
-        if suppressed[i]:
-            continue
-        keep.append(i)
-        row = over[i]
-        for j in range(i + 1, n):
-            if row[j]:
-                suppressed[j] = True
+    for i in range(len(order)):
+        if not suppressed[i]:
+            keep.append(i)
+            suppressed |= over[i]
     return order[torch.as_tensor(keep, dtype=torch.long, device=boxes.device)]
 
 
