@@ -53,3 +53,17 @@ def test_bad_options_get_one_line(args, words):
     res = _rtmo("--model", _onnx(), *args)
     assert res.returncode == 2 and words in res.stderr, res.stderr
     assert "Traceback" not in res.stderr and res.stdout == ""
+
+
+def test_cases_interleaved_and_persons_summary():
+    from rtmo.benchmark import _interleaved, persons_summary
+
+    log = []
+    times = _interleaved([(lambda: log.append("a"),), (lambda: log.append("b"),)], runs=2, warmup=1)
+    assert log == ["a", "b", "b", "a", "a", "b"]  # every case each round, the order flipped every other
+    assert [len(t[0]) for t in times] == [2, 2]  # warm-up rounds untimed
+    rows = [{"detections": n, "end2end": {"median_s": (100 + 0.5 * n) / 1e3}} for n in (1, 5, 10, 20)]
+    s = persons_summary(rows)
+    assert abs(s["ms_per_extra_detection"] - 0.5) < 1e-9 and abs(s["ms_fixed"] - 100) < 1e-9
+    assert abs(s["spread"] - (110 / 100.5 - 1)) < 1e-9
+    assert persons_summary(rows[:1])["ms_per_extra_detection"] is None

@@ -111,3 +111,44 @@ def test_int8_openvino_calibrated_on_shared_images(fp32, tmp_path):
     m = ModelManager.get(out)
     assert type(m).__name__ == "OpenVINOModel" and m.precision == "int8"
     _close_to_fp32(fp32, m.infer(str(DATA / IMAGE)), box_px=30, score=0.1)
+
+
+def test_fp32_fast_within_float_rounding_of_bit_exact():
+    """`fast=True` (fused BatchNorm/RepVGG, channels-last, SiLU): the same detections in the same order,
+    boxes and scores at float-rounding level. Keypoints: the random fixture DCC turns ~1e-6 relative
+    changes of the pose maps into bin jumps on a few keypoints (measured on RTMO-s, 6 images: max 4.6 px,
+    median ~1e-4 px; boxes <= 3.2e-3 px, scores <= 2.8e-5), so the median is checked tightly and the
+    maximum loosely; bench/precision_accuracy.py measures it on a trained checkpoint."""
+    from rtmo.nn.layers import Swish
+
+    ckpt = fixture_checkpoint("t")
+    exact = ModelManager.get(ckpt, device="cpu")
+    fast = ModelManager.get(ckpt, device="cpu", fast=True)
+    assert fast.precision == "fp32" and fast.fast and not getattr(exact, "fast", False)
+    assert not any(isinstance(m, Swish) for m in fast.modules())
+    assert any(isinstance(m, Swish) for m in exact.modules())  # the default stays the bit-exact model
+    kpt = []
+    for name in (IMAGE, "coco/000000000785.jpg"):
+        a, b = exact.infer(str(DATA / name)), fast.infer(str(DATA / name))
+        assert len(a) == len(b) > 0
+        np.testing.assert_allclose(b.boxes, a.boxes, atol=1e-2, rtol=0)
+        np.testing.assert_allclose(b.scores, a.scores, atol=1e-4, rtol=0)
+        np.testing.assert_allclose(b.keypoint_scores, a.keypoint_scores, atol=1e-4, rtol=0)
+        kpt.append(np.abs(b.keypoints - a.keypoints).ravel())
+    kpt = np.concatenate(kpt)
+    assert np.median(kpt) < 1e-2 and kpt.max() < 10.0, (np.median(kpt), kpt.max())
+    with pytest.raises(ValueError, match="load the model again"):
+        fast.set_precision("fp32")  # fusing is irreversible
+    assert fast.set_precision("fp32", fast=True) is fast
+
+
+def test_dcc_exp_bit_identical_to_torch_exp():
+    """The DCC softmax's exp skips the CPU kernel's slow path (inputs below -87) without changing a bit,
+    across the subnormal band, exact zeros, -inf and NaN, at lengths that exercise vector tails."""
+    from rtmo.nn.dcc import _exp
+
+    edges = [-87.0, -87.3, -103.9, -103.972, -104.0, -1e30, -float("inf"), float("nan")]
+    z = torch.cat([torch.linspace(-200, 0, 400_001), -torch.rand(50_000) * 1e5, torch.tensor(edges)])
+    z = z[torch.randperm(len(z), generator=torch.Generator().manual_seed(0))]
+    for n in (1, 7, 33, len(z)):
+        assert torch.equal(_exp(z[:n]).nan_to_num(7.0), z[:n].exp().nan_to_num(7.0)), n
