@@ -17,8 +17,8 @@ between calls so that one runtime's spinning threads do not tax the next), figur
 Also: keypoint deviation of every path from mmpose and from torch fp32 on this image (fixture weights
 are random and amplify rounding, so reduced-precision figures here are upper bounds; `--trained CKPT`
 adds bench/precision_accuracy.py's deviations and AP on a trained checkpoint, bench/overfit.py).
-Writes bench_all.md (the table) and bench_all.json into --out-dir; about 3-4 minutes on a quiet 2-core
-machine (exports and INT8 calibration included).
+Writes bench_all.md (the table) and bench_all.json (with every round's times) into --out-dir. About 2-3
+minutes on a quiet 2-core machine (exports and INT8 calibration included; 7 minutes on a shared one).
 """
 
 from __future__ import annotations
@@ -258,8 +258,11 @@ def main() -> None:
     if not args.no_mmpose:
         if args.mmpose_python.is_file() and args.mmpose_tool.is_dir():
             log("starting the mmpose worker")
-            worker = MmposeWorker(args.mmpose_python, args.mmpose_tool, args.checkpoint, image, x, metas[0],
-                                  args.threads, work)
+            try:
+                worker = MmposeWorker(args.mmpose_python, args.mmpose_tool, args.checkpoint, image, x,
+                                      metas[0], args.threads, work)
+            except (RuntimeError, OSError) as e:
+                log(f"skipping mmpose: its worker did not start ({e})")
         else:
             log(f"skipping mmpose: no {args.mmpose_python} (bash {args.mmpose_tool}/setup.sh makes it)")
     try:
@@ -280,7 +283,8 @@ def main() -> None:
                      "end2end_p10_p90_ms": [float(v) * 1e3 for v in np.quantile(t["end2end"], [0.1, 0.9])],
                      "model_ms": statistics.median(t["model"]) * 1e3,
                      "model_p10_p90_ms": [float(v) * 1e3 for v in np.quantile(t["model"], [0.1, 0.9])],
-                     "detections": t["detections"][0], "deviation": dev.get(name, {})})
+                     "detections": t["detections"][0], "deviation": dev.get(name, {}),
+                     "end2end_s": t["end2end"], "model_s": t["model"]})
     mm = next((r for r in rows if r["name"] == "mmpose"), None)
     by = {r["name"]: r for r in rows}
     bars = {}  # name -> (ratio, bar): the issue's bars
