@@ -317,7 +317,7 @@ def main() -> None:
               f"difference {parity['count_diff']}")
     if trained:
         md += ["", f"Trained {args.trained.name}: keypoint deviation from torch fp32 (median / p95 px), AP",
-               ""] + [f"- {k}: {r['kpt_dev_median_px']:.3f} / {r['kpt_dev_p95_px']:.2f} px, lost "
+               ""] + [f"- {k}: {r['kpt_dev_median_px']:.3g} / {r['kpt_dev_p95_px']:.3g} px, lost "
                       f"{r['unmatched']}, AP {r['AP']:.3f}" for k, r in trained.items()]
     text = "\n".join(md) + "\n"
     print("\n" + text)

@@ -150,8 +150,8 @@ def _exp(z: torch.Tensor) -> torch.Tensor:
     clamped into the fast range, exact zeros below EXP_ZERO_BELOW, and the true exp only for the few
     inputs in between, whose results are subnormal. (Autograd keeps the plain form: its backward needs
     exp's own output.)"""
-    if z.requires_grad or z.device.type != "cpu":
-        return z.exp()
+    if z.requires_grad or z.device.type != "cpu" or torch.jit.is_tracing() or torch.jit.is_scripting():
+        return z.exp()  # exported graphs (traced into ONNX) keep one plain Exp
     e = z.clamp(min=EXP_FAST_ABOVE).exp()
     slow = z < EXP_FAST_ABOVE
     e.masked_fill_(slow, 0.0)
