@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 
 import pytest
 import torch
@@ -63,6 +64,9 @@ def test_download_verifies_and_publishes_atomically(tmp_path):
     path = download(entry, tmp_path, progress=False, opener=opener)
     assert path.read_bytes() == data and calls == [entry.url]
     assert [p.name for p in tmp_path.iterdir()] == [entry.filename]  # no temporary leftovers
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # a plain write's mode, not mkstemp's private 0600
 
 
 def test_download_checksum_mismatch_leaves_nothing(tmp_path):
