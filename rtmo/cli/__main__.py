@@ -1,0 +1,3 @@
+from rtmo.cli.main import main
+
+raise SystemExit(main())
