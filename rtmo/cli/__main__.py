@@ -1,3 +1,5 @@
-from rtmo.cli.main import main
+"""`python -m rtmo.cli ...`: the same as `rtmo ...`."""
+
+from . import main
 
 raise SystemExit(main())
