@@ -17,12 +17,12 @@ import torch
 from torch import nn
 
 from rtmo import RTMO, RTMOConfig
-from rtmo.train.checkpoint import load_checkpoint
 from rtmo.train.data import TrainData, resize_batch
 from rtmo.train.ema import ModelEMA
 from rtmo.train.losses import Criterion
 from rtmo.train.optim import LRSchedule, build_optimizer, lr_at, param_groups
 from rtmo.train.recipes import ScheduleRecipe, TrainRecipe, data_stage, list_recipes, scale_epochs
+from rtmo.train.rundir import load_checkpoint
 from rtmo.train.trainer import Trainer
 
 torch.set_num_threads(2)

@@ -18,9 +18,9 @@ from ..model import RTMO, load_pretrained_backbone
 from ..nn.init import init_weights
 from ..utils import dist as du
 from ..utils.device import resolve_device
-from .checkpoint import check_run_dir, load_checkpoint, seed_everything
 from .data import TrainData, build_train_data
 from .recipes import TrainRecipe, scale_epochs
+from .rundir import check_run_dir, load_checkpoint, seed_everything
 from .trainer import Evaluator, Trainer
 
 log = logging.getLogger("rtmo.train")

@@ -4,8 +4,6 @@ metrics logging, and DDP through `torchrun`. `rtmo.train.run.train` builds a `Tr
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import logging
 import math
 import random
@@ -22,9 +20,17 @@ from ..eval.coco import EvaluationError
 from ..outputs import RTMOModelOutput
 from ..utils import dist as du
 from ..utils.checkpoint import CheckpointError
-from .checkpoint import (
+from .data import TrainData, draw_batch_size, to_device
+from .ema import ModelEMA
+from .losses import Criterion
+from .optim import LRSchedule, build_optimizer
+from .recipes import TrainRecipe, data_stage, val_due
+from .rundir import (
+    MetricsLog,
+    changed_settings,
     check_run_dir,
     load_checkpoint,
+    prune_interval_checkpoints,
     remove_stale_temp_files,
     rng_state,
     save_checkpoint,
@@ -32,11 +38,6 @@ from .checkpoint import (
     set_rng_state,
     truncate_metrics,
 )
-from .data import TrainData, draw_batch_size
-from .ema import ModelEMA
-from .losses import Criterion
-from .optim import LRSchedule, build_optimizer
-from .recipes import TrainRecipe, data_stage, val_due
 
 log = logging.getLogger("rtmo.train")
 
@@ -47,21 +48,7 @@ LossFn = Callable[[nn.Module, torch.Tensor, Any], dict[str, torch.Tensor]]
 Evaluator = Callable[[nn.Module], dict[str, float]]
 
 
-# ----------------------------------------------------------------------------------------- batch helpers
-def to_device(obj: Any, device: torch.device) -> Any:
-    if isinstance(obj, torch.Tensor):
-        return obj.to(device, non_blocking=True)
-    if hasattr(obj, "to") and not isinstance(obj, nn.Module) and dataclasses.is_dataclass(obj):
-        return obj.to(device)
-    if dataclasses.is_dataclass(obj):
-        return dataclasses.replace(obj, **{k: to_device(v, device) for k, v in vars(obj).items()})
-    if isinstance(obj, dict):
-        return {k: to_device(v, device) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(to_device(v, device) for v in obj)
-    return obj
-
-
+# ----------------------------------------------------------------------------------------- loss helpers
 def _rtmo_losses(model: nn.Module, images: torch.Tensor, targets: Any) -> dict[str, torch.Tensor]:
     """The model's training forward as the trainer's loss function: RTMO's `RTMOLoss` terms and their sum
     (another model may return its dict of 'loss*' terms itself)."""
@@ -82,8 +69,9 @@ def total_loss(out: dict[str, torch.Tensor]) -> torch.Tensor:
 # ----------------------------------------------------------------------------------------- trainer
 class Trainer:
     """Trains `model` with `recipe` on `data`. `loss_fn(model, images, targets)` returns a dict of loss
-    terms; it defaults to RTMO's training forward `model(images, targets).loss` (`rtmo.outputs.RTMOLoss`,
-    computed by `rtmo.train.losses.compute_losses`).
+    terms; it defaults to RTMO's training forward `model(images, targets).loss` (`rtmo.outputs.RTMOLoss`).
+    The trainer owns the criterion: at the start of every epoch it builds the one of the epoch's stage
+    (`Criterion.from_recipe`) and sets it as `model.criterion` when the model has that attribute.
 
     `evaluate(ema_model) -> {'AP': ...}` runs with the EMA weights in eval mode on every rank (it may shard
     the work, as `rtmo.eval.coco.evaluate_model` does); rank 0's result is logged and its first key decides
@@ -142,20 +130,13 @@ class Trainer:
         if resume:
             self._resume(resume)
 
-        self._tb = None
+        self._metrics: MetricsLog | None = None  # rank 0 writes the run folder
         if self.dist.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             remove_stale_temp_files(self.out_dir)
             if resume:  # records of the interrupted epoch would be duplicated by the resumed run
                 truncate_metrics(self.out_dir / "metrics.jsonl", self.epoch, self.iter)
-            self._metrics = open(self.out_dir / "metrics.jsonl", "a")
-            if tensorboard:
-                try:
-                    from torch.utils.tensorboard import SummaryWriter
-
-                    self._tb = SummaryWriter(str(self.out_dir / "tb"))
-                except ImportError:
-                    log.info("tensorboard is not installed: metrics go to metrics.jsonl only")
+            self._metrics = MetricsLog(self.out_dir, tensorboard)
 
     # ------------------------------------------------------------------ data
     def _build_loader(self, stage: int) -> DataLoader:
@@ -379,11 +360,7 @@ class Trainer:
             save_checkpoint(ckpt, self.out_dir / "best.pth")
         if rt.checkpoint_interval > 0 and (epoch + 1) % rt.checkpoint_interval == 0:
             save_checkpoint(ckpt, self.out_dir / f"epoch_{epoch + 1}.pth")
-            # the last `keep_checkpoints` interval checkpoints stay (mmengine's max_keep_ckpts)
-            kept = sorted((p for p in self.out_dir.glob("epoch_*.pth") if p.stem[6:].isdigit()),
-                          key=lambda p: int(p.stem[6:]))
-            for old in kept[:-rt.keep_checkpoints] if rt.keep_checkpoints > 0 else []:
-                old.unlink(missing_ok=True)
+            prune_interval_checkpoints(self.out_dir, rt.keep_checkpoints)
         du.barrier()
 
     def _resume(self, path: str | Path) -> None:
@@ -392,7 +369,10 @@ class Trainer:
         if data.get("world_size", self.dist.world_size) != self.dist.world_size:
             log.warning("resuming a %s-process run on %s processes: the data order will differ",
                         data.get("world_size"), self.dist.world_size)
-        self._warn_changed(ckpt, data)
+        changes = changed_settings(ckpt, self.recipe, self.workers)
+        if changes:
+            log.warning("resuming with settings that differ from the checkpoint's (%s): the rest of the run "
+                        "will not match the interrupted one", ", ".join(changes))
         try:
             self.model.load_state_dict(ckpt["model"])
             if self.ema is not None:
@@ -416,45 +396,14 @@ class Trainer:
         if "rng" in ckpt:
             set_rng_state(ckpt["rng"])
 
-    def _warn_changed(self, ckpt: dict[str, Any], data: dict[str, Any]) -> None:
-        """Name every setting of the resumed run that differs from the checkpoint's: the schedule (epochs),
-        the batch and the data order (workers) then differ from the interrupted run."""
-        meta = ckpt.get("meta") if isinstance(ckpt.get("meta"), dict) else {}
-        old = meta.get("recipe") if isinstance(meta.get("recipe"), dict) else {}
-        changes = []
-        pairs = (("epochs", (old.get("schedule") or {}).get("epochs"), self.recipe.schedule.epochs),
-                 ("batch size", (old.get("data") or {}).get("batch_size"), self.recipe.data.batch_size),
-                 ("workers", data.get("workers"), self.workers),
-                 ("input size", old.get("input_size"), list(self.recipe.input_size)),
-                 ("learning rate", (old.get("optim") or {}).get("lr"), self.recipe.optim.lr))
-        for name, was, now in pairs:
-            if was is not None and (list(was) if isinstance(was, (list, tuple)) else was) != now:
-                changes.append(f"{name} {was} -> {now}")
-        if changes:
-            log.warning("resuming with settings that differ from the checkpoint's (%s): the rest of the run "
-                        "will not match the interrupted one", ", ".join(changes))
-
     # ------------------------------------------------------------------ logging
     def _log(self, record: dict[str, Any]) -> None:
-        if not self.dist.is_main:
-            return
-        self._metrics.write(json.dumps(record) + "\n")
-        self._metrics.flush()
-        if self._tb is not None:
-            tag = record["type"]
-            for k, v in record.items():
-                if isinstance(v, (int, float)) and k not in ("epoch", "iter", "type"):
-                    self._tb.add_scalar(f"{tag}/{k}", v, record["iter"])
-        if record["type"] == "train":
-            log.info("epoch %d iter %d loss %.4f lr %.3e", record["epoch"], record["iter"],
-                     record.get("loss", float("nan")), record["lr"])
+        if self._metrics is not None:
+            self._metrics.write(record)
 
     def close(self) -> None:
-        if self.dist.is_main:
-            if not self._metrics.closed:
-                self._metrics.close()
-            if self._tb is not None:
-                self._tb.close()
+        if self._metrics is not None:
+            self._metrics.close()
 
 
 def _unwrap_worker_error(e: Exception) -> Exception:

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from ..losses import Targets
 from ..recipes import AugmentRecipe
@@ -39,6 +40,21 @@ def collate(samples: Sequence[PoseSample]) -> tuple[Any, list]:
             labels=torch.zeros(s.num_instances, dtype=torch.long),
             heatmap_mask=mask))
     return images, targets
+
+
+def to_device(obj: Any, device: torch.device) -> Any:
+    """A batch's tensors moved to `device`, through dataclasses (`Targets.to`), dicts, lists and tuples."""
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device, non_blocking=True)
+    if hasattr(obj, "to") and not isinstance(obj, nn.Module) and dataclasses.is_dataclass(obj):
+        return obj.to(device)
+    if dataclasses.is_dataclass(obj):
+        return dataclasses.replace(obj, **{k: to_device(v, device) for k, v in vars(obj).items()})
+    if isinstance(obj, dict):
+        return {k: to_device(v, device) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(to_device(v, device) for v in obj)
+    return obj
 
 
 # ----------------------------------------------------------------------------------------- batch resize

@@ -1,6 +1,6 @@
-"""The files of a run folder: training checkpoints (written atomically, read safely for a resume), the RNG
-states they carry, the folder checks of a new run, and the clean-up a resumed run does (stale temporary
-files of a killed save, metrics records after the resume point)."""
+"""The files of a run folder: training checkpoints (written atomically, read safely for a resume, interval
+ones pruned), the RNG states they carry, the metrics log, the folder checks of a new run, and the clean-up
+a resumed run does (stale temporary files of a killed save, metrics records after the resume point)."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ import torch
 from ..utils.checkpoint import CheckpointError
 from ..utils.checkpoint import load_checkpoint as read_checkpoint_file
 from ..utils.fileio import atomic_path, atomic_write_text, blocking_file
+from .recipes import TrainRecipe
 
 log = logging.getLogger("rtmo.train")
 
@@ -136,3 +137,65 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def prune_interval_checkpoints(out_dir: Path, keep: int) -> None:
+    """Keep the last `keep` `epoch_N.pth` files (mmengine's max_keep_ckpts; 0 keeps all)."""
+    kept = sorted((p for p in Path(out_dir).glob("epoch_*.pth") if p.stem[6:].isdigit()),
+                  key=lambda p: int(p.stem[6:]))
+    for old in kept[:-keep] if keep > 0 else []:
+        old.unlink(missing_ok=True)
+
+
+def changed_settings(ckpt: dict[str, Any], recipe: TrainRecipe, workers: int) -> list[str]:
+    """Every setting of a resumed run that differs from the checkpoint's ('epochs 3 -> 4', ...): the
+    schedule (epochs), the batch and the data order (workers) then differ from the interrupted run."""
+    meta = ckpt.get("meta") if isinstance(ckpt.get("meta"), dict) else {}
+    old = meta.get("recipe") if isinstance(meta.get("recipe"), dict) else {}
+    data = ckpt.get("data") if isinstance(ckpt.get("data"), dict) else {}
+    changes = []
+    pairs = (("epochs", (old.get("schedule") or {}).get("epochs"), recipe.schedule.epochs),
+             ("batch size", (old.get("data") or {}).get("batch_size"), recipe.data.batch_size),
+             ("workers", data.get("workers"), workers),
+             ("input size", old.get("input_size"), list(recipe.input_size)),
+             ("learning rate", (old.get("optim") or {}).get("lr"), recipe.optim.lr))
+    for name, was, now in pairs:
+        if was is not None and (list(was) if isinstance(was, (list, tuple)) else was) != now:
+            changes.append(f"{name} {was} -> {now}")
+    return changes
+
+
+class MetricsLog:
+    """`metrics.jsonl` of a run folder (one JSON record a line, appended and flushed at once, so a kill
+    loses nothing written) and, when installed, TensorBoard scalars under `tb/`; training records are
+    also logged."""
+
+    def __init__(self, out_dir: Path, tensorboard: bool = True) -> None:
+        self._file = open(Path(out_dir) / "metrics.jsonl", "a", encoding="utf-8")
+        self._tb = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._tb = SummaryWriter(str(Path(out_dir) / "tb"))
+            except ImportError:
+                log.info("tensorboard is not installed: metrics go to metrics.jsonl only")
+
+    def write(self, record: dict[str, Any]) -> None:
+        self._file.write(json.dumps(record) + "\n")
+        self._file.flush()
+        if self._tb is not None:
+            tag = record["type"]
+            for k, v in record.items():
+                if isinstance(v, (int, float)) and k not in ("epoch", "iter", "type"):
+                    self._tb.add_scalar(f"{tag}/{k}", v, record["iter"])
+        if record["type"] == "train":
+            log.info("epoch %d iter %d loss %.4f lr %.3e", record["epoch"], record["iter"],
+                     record.get("loss", float("nan")), record["lr"])
+
+    def close(self) -> None:
+        if not self._file.closed:
+            self._file.close()
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
