@@ -2,7 +2,7 @@
 
 Tolerances are those of `shared/fixtures/README.md` ("What matching means"): 2-5x what float32 itself costs
 according to the float64 re-run of mmpose's code stored in `summary.json`.
-Run `python tests/test_losses.py` to print the measured deviations of every run.
+Run `python -m tests.test_losses` to print the measured deviations of every run.
 """
 
 from __future__ import annotations
