@@ -229,6 +229,28 @@ def test_stage_switch_epochs_and_weights():
     assert short.schedule.head_switch_epoch == 14 and short.schedule.data_switch_epoch == 28
 
 
+def test_trainer_sets_the_criterion_of_each_stage(tmp_path):
+    """The trainer owns the criterion: each epoch the model computes its losses with the one the recipe
+    gives that epoch (head switch at epoch 2, data switch with the auxiliary box loss at epoch 1)."""
+    class WithCriterion(ToyNet):
+        def __init__(self):
+            super().__init__()
+            self.criterion = None
+
+    seen = []
+
+    def loss_fn(model, images, targets):
+        seen.append(model.criterion)
+        return model(images, targets)
+
+    recipe = toy_recipe(epochs=3)
+    tr = Trainer(WithCriterion(), recipe, toy_data(), tmp_path, loss_fn=loss_fn, progress=False)
+    tr.fit()
+    assert seen[::2] == [Criterion.from_recipe(recipe, e) for e in range(3)] and seen[-1] is tr.criterion
+    assert [(c.use_aux_loss, c.proxy_target_cc) for c in seen[::2]] == [(False, False), (True, False),
+                                                                          (True, True)]
+
+
 def test_resize_batch_scales_targets():
     images = torch.zeros(2, 3, 64, 64)
     targets = [{"bboxes": torch.tensor([[8.0, 16.0, 32.0, 48.0]]), "keypoints": torch.ones(1, 17, 2) * 10,
