@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import random
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -58,7 +57,13 @@ def to_device(obj: Any, device: torch.device) -> Any:
 
 
 # ----------------------------------------------------------------------------------------- batch resize
-def draw_batch_size(rng: random.Random, augment: AugmentRecipe) -> tuple[int, int]:
+class RandInt(Protocol):
+    """A source of uniform integers: `random.Random`, or the `random` module itself (as the trainer uses)."""
+
+    def randint(self, a: int, b: int) -> int: ...
+
+
+def draw_batch_size(rng: RandInt, augment: AugmentRecipe) -> tuple[int, int]:
     """The next batch's square (w, h): `size_divisor * k`, k uniform in [ceil(lo / divisor), hi // divisor]
     of `augment.multiscale_range` (15..25 for 480-800, 10..20 for 320-640). The trainer draws from
     Python's `random` (seeded per epoch, saved in checkpoints) on rank 0 and broadcasts the size."""
