@@ -15,6 +15,7 @@ import numpy as np
 
 Rng = np.random.Generator
 
+
 # ----------------------------------------------------------------------------------------- sample
 @dataclass
 class PoseSample:
@@ -103,6 +104,7 @@ def hide_outside(kpts: np.ndarray, vis: np.ndarray, w: float, h: float) -> np.nd
 
 
 def flip_boxes(boxes: np.ndarray, width: int) -> np.ndarray:
+    """xyxy boxes mirrored in an image `width` wide, mmpose's way: x' = width - 1 - x."""
     out = boxes.copy()
     out[:, 0] = width - 1 - boxes[:, 2]
     out[:, 2] = width - 1 - boxes[:, 0]
@@ -110,7 +112,8 @@ def flip_boxes(boxes: np.ndarray, width: int) -> np.ndarray:
 
 
 def flip_keypoints(kpts: np.ndarray, vis: np.ndarray, width: int,
-               flip_indices: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+                   flip_indices: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Keypoints mirrored (x' = width - 1 - x) and re-ordered to their flip partners (left <-> right)."""
     idx = np.asarray(flip_indices, dtype=np.int64)
     kpts = kpts[:, idx].copy()
     vis = vis[:, idx].copy()
