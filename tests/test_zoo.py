@@ -157,7 +157,8 @@ def test_yolox_backbone_init_from_cache_url_and_file(tmp_path, monkeypatch):
     BN statistics included, are copied; a corrupt cache file and a missing path get clear errors."""
     from rtmo import RTMO, RTMOConfig
     from rtmo.hub.zoo import BACKBONES, BackboneEntry, backbone_checkpoint
-    from rtmo.train.trainer import init_weights, load_backbone
+    from rtmo.nn.init import init_weights
+    from rtmo.train.run import load_backbone
 
     torch.manual_seed(1)
     donor = RTMO(RTMOConfig.preset("t"))
@@ -173,7 +174,8 @@ def test_yolox_backbone_init_from_cache_url_and_file(tmp_path, monkeypatch):
     monkeypatch.setenv("RTMO_CACHE_DIR", str(tmp_path))
     (tmp_path / entry.filename).write_bytes(data)
 
-    model = init_weights(RTMO(RTMOConfig.preset("t")), url)
+    model = init_weights(RTMO(RTMOConfig.preset("t")))
+    load_backbone(model, url)
     for k, v in donor.backbone.state_dict().items():
         assert torch.equal(model.backbone.state_dict()[k], v), k
     assert backbone_checkpoint("yolox-test") == tmp_path / entry.filename

@@ -109,8 +109,8 @@ def run_train(args: argparse.Namespace) -> int:
         raise CLIError(f"--device {args.device} names {len(devices)} devices: start one process per device "
                        f"with torchrun --nproc_per_node {len(devices)} -m rtmo train ...")
     from ..hub.zoo import REGISTRY, fetch
-    from ..train.recipes import TrainRecipe
-    from ..train.trainer import scale_epochs, train
+    from ..train.recipes import TrainRecipe, scale_epochs
+    from ..train.run import train
 
     recipe = TrainRecipe.load(recipe_for_model(name) or name)
     epochs = args.epochs
