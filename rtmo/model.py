@@ -80,8 +80,8 @@ class RTMO(nn.Module):
         the training losses (`targets`: one `rtmo.train.losses.Targets` per image)."""
         if targets is not None:
             if self.criterion is None:
-                raise ValueError("model(images, targets) computes the losses with model.criterion, which is not "
-                                 "set: model.criterion = rtmo.train.losses.Criterion.from_recipe(recipe, epoch)")
+                raise ValueError("model(images, targets) needs model.criterion, which is not set: "
+                                 "model.criterion = rtmo.train.losses.Criterion.from_recipe(recipe, epoch)")
             return RTMOModelOutput(loss=self.criterion(self, images, targets))
         per_image = self.predict_tensor(images, threshold, nms_threshold)
         return RTMOModelOutput(outputs=KeypointOutput.from_per_image(per_image))
