@@ -88,21 +88,21 @@ class RTMO(PoseAPI, nn.Module):
         return RTMOModelOutput(outputs=self.predict_batch(images, threshold, nms_threshold))
 
     @torch.no_grad()
-    def predict_batch(self, images: torch.Tensor | np.ndarray, threshold: float | None = None,
+    def predict_batch(self, batch: torch.Tensor | np.ndarray, threshold: float | None = None,
                       nms_threshold: float | None = None) -> KeypointOutput:
         """Detections of a batch in network-input pixels, boxes clamped to the input canvas, padded to the
         largest count (`rtmo.decode.decode`).
 
-        `images`: float (B,3,H,W) BGR 0..255, a tensor or a numpy array (moved to the model's device).
+        `batch`: float (B,3,H,W) BGR 0..255, a tensor or a numpy array (moved to the model's device).
         `threshold` / `nms_threshold` in [0, 1]; None means the config's (score 0.1, IoU 0.65).
         """
         threshold = check_fraction(threshold, "threshold")
         nms_threshold = check_fraction(nms_threshold, "nms_threshold")
         score_thr = self.config.score_thr if threshold is None else threshold
         nms_thr = self.config.nms_thr if nms_threshold is None else nms_threshold
-        if isinstance(images, np.ndarray):
-            images = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))
-        images = images.to(self.device)
+        if isinstance(batch, np.ndarray):
+            batch = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
+        images = batch.to(self.device)
         maps = self._forward_maps_at_precision(images)
         priors, strides = self.priors(maps)
         return decode(self.head.dcc, flatten_maps(maps.cls), flatten_maps(maps.bbox), flatten_maps(maps.vis),

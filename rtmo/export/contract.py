@@ -48,12 +48,12 @@ def read_metadata(onnx_model: Any) -> dict[str, Any]:
     n = len(METADATA_PREFIX)
     return {k[n:]: json.loads(v) for k, v in props.items() if k.startswith(METADATA_PREFIX)}
 
-def _dims(shape: Any) -> list[int | None]:
+def graph_dims(shape: Any) -> list[int | None]:
     """Static dimensions as ints, dynamic ones (names, -1, 0, None) as None."""
     return [int(d) if isinstance(d, (int, np.integer)) and int(d) > 0 else None for d in shape]
 
 
-def _check_contract(path: Path, inputs: list[tuple[str, list[int | None], str]],
+def check_contract(path: Path, inputs: list[tuple[str, list[int | None], str]],
                     outputs: list[tuple[str, list[int | None], str]]) -> None:
     """(name, dims, dtype) of the graph's inputs and outputs against the contract; one line if not."""
     def fail(what: str) -> None:
@@ -220,7 +220,7 @@ class ExportedModel(PoseAPI):
                 f"precision={self.precision!r}, selection in graph: {self.describe_selection()})")
 
 
-def _check_file(path: str | Path, suffixes: tuple[str, ...]) -> Path:
+def check_file(path: str | Path, suffixes: tuple[str, ...]) -> Path:
     p = Path(path)
     if p.is_dir():
         raise ModelFileError(f"{p}: is a directory, not a model file")
@@ -231,7 +231,7 @@ def _check_file(path: str | Path, suffixes: tuple[str, ...]) -> Path:
     return p
 
 
-def _first_line(e: BaseException) -> str:
+def first_line(e: BaseException) -> str:
     text = str(e).strip()
     line = text.splitlines()[0] if text else type(e).__name__
     return re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ", "", line)[:200]
@@ -284,7 +284,7 @@ def graph_selection(path: str | Path) -> dict[str, Any]:
                 sel[key] = min(ks + ([sel[key]] if key in sel else []))
     return sel
 
-def _onnx_props(path: Path) -> dict[str, str]:
+def onnx_props(path: Path) -> dict[str, str]:
     try:
         import onnx
 

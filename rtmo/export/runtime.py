@@ -23,12 +23,12 @@ from .contract import (
     PRECISIONS,
     ExportedModel,
     ModelFileError,
-    _check_contract,
-    _check_file,
-    _dims,
-    _first_line,
-    _onnx_props,
+    check_contract,
+    check_file,
+    first_line,
+    graph_dims,
     graph_selection,
+    onnx_props,
     read_metadata,
 )
 from .tensorrt import TENSORRT_SUFFIXES, TensorRTModel, build_engine
@@ -87,7 +87,7 @@ class OnnxRuntimeModel(ExportedModel):
                  device: Any = None, spinning: bool | None = None):
         import onnxruntime as ort
 
-        path = _check_file(path, (".onnx",))
+        path = check_file(path, (".onnx",))
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = int(num_threads) if num_threads else physical_cores()
         opts.inter_op_num_threads = 1
@@ -98,12 +98,12 @@ class OnnxRuntimeModel(ExportedModel):
         try:
             self.session = ort.InferenceSession(str(path), opts, providers=providers)
         except Exception as e:  # invalid protobuf, unknown ops, truncated file ...
-            raise ModelFileError(f"{path}: not a readable ONNX model ({_first_line(e)}); "
+            raise ModelFileError(f"{path}: not a readable ONNX model ({first_line(e)}); "
                                  f"{CONTRACT}") from None
         self.device = "cuda" if "CUDAExecutionProvider" in self.session.get_providers() else "cpu"
-        ins = [(i.name, _dims(i.shape), i.type) for i in self.session.get_inputs()]
-        outs = [(o.name, _dims(o.shape), o.type) for o in self.session.get_outputs()]
-        _check_contract(path, ins, outs)
+        ins = [(i.name, graph_dims(i.shape), i.type) for i in self.session.get_inputs()]
+        outs = [(o.name, graph_dims(o.shape), o.type) for o in self.session.get_outputs()]
+        check_contract(path, ins, outs)
         meta = read_metadata(dict(self.session.get_modelmeta().custom_metadata_map))
         kpt_dims = dict((n, d) for n, d, _ in outs)["keypoints"]
         selection = {} if "score_thr" in meta else graph_selection(path)
@@ -134,7 +134,7 @@ class OpenVINOModel(ExportedModel):
             import openvino as ov
         except ImportError as e:
             raise ImportError("OpenVINOModel needs the `openvino` package: pip install openvino") from e
-        path = _check_file(path, (".onnx", ".xml"))
+        path = check_file(path, (".onnx", ".xml"))
         if precision not in _OV_PRECISION:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         ov_device = "CPU" if device is None else str(device).upper()
@@ -148,10 +148,10 @@ class OpenVINOModel(ExportedModel):
         try:
             model = core.read_model(str(path))
         except Exception as e:
-            raise ModelFileError(f"{path}: not a readable model ({_first_line(e)}); {CONTRACT}") from None
-        ins = [(i.get_any_name(), _dims(_ov_dims(i)), str(i.get_element_type())) for i in model.inputs]
-        outs = [(o.get_any_name(), _dims(_ov_dims(o)), str(o.get_element_type())) for o in model.outputs]
-        _check_contract(path, ins, outs)
+            raise ModelFileError(f"{path}: not a readable model ({first_line(e)}); {CONTRACT}") from None
+        ins = [(i.get_any_name(), graph_dims(_ov_dims(i)), str(i.get_element_type())) for i in model.inputs]
+        outs = [(o.get_any_name(), graph_dims(_ov_dims(o)), str(o.get_element_type())) for o in model.outputs]
+        check_contract(path, ins, outs)
         selection = _strict_nms_iou(model)
         config: dict[str, Any] = {"INFERENCE_NUM_THREADS": int(num_threads)} if num_threads else {}
         if ov_device.startswith("CPU"):
@@ -167,7 +167,7 @@ class OpenVINOModel(ExportedModel):
         self.compiled = core.compile_model(model, ov_device, config)
         self.request = self.compiled.create_infer_request()
         if path.suffix.lower() == ".onnx":
-            meta = read_metadata(_onnx_props(path))
+            meta = read_metadata(onnx_props(path))
             selection = selection if "score_thr" in meta else {**selection, **graph_selection(path)}
         else:
             meta = _ir_metadata(model)

@@ -13,11 +13,11 @@ from .contract import (
     OUTPUT_NAMES,
     ExportedModel,
     ModelFileError,
-    _check_contract,
-    _check_file,
-    _dims,
-    _onnx_props,
+    check_contract,
+    check_file,
+    graph_dims,
     graph_selection,
+    onnx_props,
     read_metadata,
 )
 from .files import install
@@ -45,7 +45,7 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, half: bool = Tr
 
     Both land through `rtmo.export.files.install` (written whole under a temporary name, then renamed)."""
     trt = _require_tensorrt()
-    onnx_path, engine_path = _check_file(onnx_path, (".onnx",)), Path(engine_path)
+    onnx_path, engine_path = check_file(onnx_path, (".onnx",)), Path(engine_path)
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
     flags = 0 if int(trt.__version__.split(".")[0]) >= 10 else \
@@ -61,7 +61,7 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, half: bool = Tr
         config.set_flag(trt.BuilderFlag.FP16)
     inp = network.get_input(0)
     _, c, h, w = inp.shape
-    meta = read_metadata(_onnx_props(onnx_path))
+    meta = read_metadata(onnx_props(onnx_path))
     if "score_thr" not in meta:  # an mmdeploy file: keep what its graph bakes in
         meta["selection"] = graph_selection(onnx_path)
     if h < 0 or w < 0:
@@ -90,7 +90,7 @@ class TensorRTModel(ExportedModel):
         trt = _require_tensorrt()
         import torch
 
-        path = _check_file(path, TENSORRT_SUFFIXES)
+        path = check_file(path, TENSORRT_SUFFIXES)
         side = path.with_suffix(".json")
         meta = json.loads(side.read_text()) if side.exists() else {}
         selection = meta.pop("selection", {})
@@ -110,15 +110,15 @@ class TensorRTModel(ExportedModel):
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         outputs = [n for n in names if n not in inputs]
-        _check_contract(path, [(n, _dims(self.engine.get_tensor_shape(n)), "float32") for n in inputs],
-                        [(n, _dims(self.engine.get_tensor_shape(n)), "float32") for n in outputs])
+        check_contract(path, [(n, graph_dims(self.engine.get_tensor_shape(n)), "float32") for n in inputs],
+                        [(n, graph_dims(self.engine.get_tensor_shape(n)), "float32") for n in outputs])
         self._input, self._outputs = inputs[0], list(OUTPUT_NAMES)
         self._allocator = _make_output_allocator(trt, torch, self._cuda)
         for n in outputs:
             self.context.set_output_allocator(n, self._allocator)
-        kdims = _dims(self.engine.get_tensor_shape("keypoints"))
-        super().__init__(path, meta, _dims(self.engine.get_tensor_shape(self._input)), kdims[2], selection,
-                         precision)
+        kdims = graph_dims(self.engine.get_tensor_shape("keypoints"))
+        in_dims = graph_dims(self.engine.get_tensor_shape(self._input))
+        super().__init__(path, meta, in_dims, kdims[2], selection, precision)
 
     def _run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         torch = self._torch
