@@ -42,7 +42,7 @@ def default_backend(model_or_path: Any) -> str:
 def load_backend(model_or_path: Any, backend: str | None = None, threads: int | None = None,
                  device: str | None = None, workdir: str | Path | None = None, precision: str = "fp32"
                  ) -> Any:
-    """An object with the RTMO inference API (`input_size`, `predict_tensor`, `infer`) on `backend`
+    """An object with the RTMO inference API (`input_size`, `predict_batch`, `infer`) on `backend`
     (default: `default_backend`).
 
     `model_or_path`: an RTMO, a checkpoint path / official name (torch backends, or exported on the fly),
@@ -80,7 +80,7 @@ def load_backend(model_or_path: Any, backend: str | None = None, threads: int | 
 
 
 def _torch_model(model_or_path: Any, device: str | None, precision: str = "fp32") -> Any:
-    if hasattr(model_or_path, "predict_tensor") and hasattr(model_or_path, "parameters"):
+    if hasattr(model_or_path, "predict_batch") and hasattr(model_or_path, "parameters"):
         from .utils.device import resolve_device
 
         return model_or_path.eval().to(resolve_device(device)).set_precision(precision)
@@ -279,7 +279,7 @@ def benchmark(model_or_path: Any, backend: str | None = None, batch_sizes: tuple
         batch, _ = preprocess(arrays, input_size)
 
         def model_only(batch: np.ndarray = batch) -> None:
-            model.predict_tensor(batch, threshold, nms_threshold)
+            model.predict_batch(batch, threshold, nms_threshold)
             sync()
 
         def end2end(files: list[Path] = files) -> None:
