@@ -26,9 +26,9 @@ from rtmo.train.data import (
 )
 from rtmo.train.recipes import AugmentRecipe
 
+from .conftest import SHARED
 from .train_util import criterion, official_recipe
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 COCO_DIR = SHARED / "data" / "coco"
 COCO_JSON = COCO_DIR / "test_coco.json"
 CROWD_DIR = SHARED / "data" / "crowdpose"

@@ -23,14 +23,15 @@ from rtmo.ops.oks import keypoint_oks, pairwise_pose_oks, pose_oks
 from rtmo.train.assigner import simota_assign
 from rtmo.train.losses import Criterion, Targets, compute_losses, head_losses
 
+from .conftest import FIXTURES as FIX
 from .train_util import criterion
 
-FIX = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"
 CKPT = {"s": "rtmo-s_8xb32-600e_coco-640x640_seed0", "t": "rtmo-t_8xb32-600e_body7-416x416_seed0"}
 TERMS = ("loss_cls", "loss_bbox", "loss_vis", "loss_oks", "loss_mle", "loss_bbox_aux")
 SIGMAS = torch.tensor(keypoint_info_for(17).sigmas)
 
-needs_fixtures = pytest.mark.skipif(not (FIX / "train_rtmo-s_seed0").is_dir(), reason="no shared fixtures")
+needs_fixtures = pytest.mark.skipif(not (FIX / "train_rtmo-s_seed0").is_dir(),
+                                    reason=f"no shared fixtures at {FIX}")
 
 
 @functools.cache
