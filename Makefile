@@ -18,7 +18,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 install: $(VENV)/.installed
 
 demo: install
-	$(PY) -m rtmo.demo --model $(MODEL) --output outputs/demo
+	$(PY) -m rtmo demo --model $(MODEL) --output outputs/demo
 
 test: install
 	$(PY) -m pytest -q tests

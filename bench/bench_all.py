@@ -135,7 +135,7 @@ def contenders(paths: dict, image: str, x: np.ndarray, worker: MmposeWorker | No
                          timed(lambda: int(rtmlib.inference(xr)[0].shape[1])))
     for name, m in paths.items():
         out[name] = (timed(lambda m=m: len(m.infer(image))),
-                     timed(lambda m=m: len(m.predict_tensor(x)["scores"][0])))
+                     timed(lambda m=m: int(m.predict_batch(x).num_detections[0])))
     return out
 
 

@@ -79,7 +79,7 @@ def main() -> None:
                 t = time.perf_counter()
                 infer(m, str(image))
                 t1 = time.perf_counter()
-                m.predict_tensor(batch)
+                m.predict_batch(batch)
                 t2 = time.perf_counter()
                 if r >= args.warmup:
                     e2e[name].append(t1 - t)

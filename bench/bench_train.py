@@ -29,10 +29,11 @@ from pathlib import Path
 import torch
 
 from rtmo import RTMO, RTMOConfig
-from rtmo.train.dataset import build_train_data
+from rtmo.nn.init import init_weights
+from rtmo.train.data import build_train_data
+from rtmo.train.losses import Criterion
 from rtmo.train.optim import build_optimizer
 from rtmo.train.recipes import DatasetSpec, TrainRecipe
-from rtmo.train.trainer import apply_loss_settings, init_weights, loss_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
@@ -55,7 +56,7 @@ def ours(args: argparse.Namespace) -> dict:
 
     cfg = RTMOConfig.preset(args.variant)
     model = init_weights(RTMO(cfg)).train()
-    apply_loss_settings(model, loss_settings(recipe, 0))  # stage-1 losses, as mmpose's fresh head has
+    model.criterion = Criterion.from_recipe(recipe, 0)  # stage-1 losses, as mmpose's fresh head has
     opt = build_optimizer(model, recipe.optim, args.batch)
     params = [p for p in model.parameters() if p.requires_grad]
     step_s = []

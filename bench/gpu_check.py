@@ -115,9 +115,9 @@ def main() -> int:
         row: dict = {}
         try:
             row["parity_vs_torch_fp32"] = parity(ref, m.infer([str(p) for p in images], threshold=0.3))
-            lat = cuda_timed(lambda m=m: m.predict_tensor(b1), args.runs)
+            lat = cuda_timed(lambda m=m: m.predict_batch(b1), args.runs)
             e2e = cuda_timed(lambda m=m: m.infer(str(images[0])), args.runs)
-            thr = cuda_timed(lambda m=m: m.predict_tensor(bn), max(args.runs // 3, 3), warmup=2)
+            thr = cuda_timed(lambda m=m: m.predict_batch(bn), max(args.runs // 3, 3), warmup=2)
             row.update({"latency_b1_ms": statistics.median(lat) * 1e3,
                         "end2end_b1_ms": statistics.median(e2e) * 1e3,
                         f"throughput_b{args.batch}_img_s": args.batch / statistics.median(thr)})

@@ -9,7 +9,7 @@ timed here so that the pipe costs nothing:
   * `e2e`:   `inference_bottomup(model, IMG)` (decode, BottomupResize, data preprocessor, forward,
              RTMOHead.predict: score filter, NMS, DCC; mapping back to image pixels);
   * `model`: `model.predict(x, [sample])` on INPUT.npy, the letterboxed network input (forward +
-             RTMOHead.predict + mapping back), the same work as rtmo's `predict_tensor`;
+             RTMOHead.predict + mapping back), the same work as rtmo's `predict_batch`;
   * `poses`: the e2e result's boxes / keypoints / scores (for the deviation figures);
   * `quit`.
 """

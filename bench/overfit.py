@@ -22,9 +22,11 @@ import numpy as np
 import torch
 
 from rtmo import RTMO, RTMOConfig
+from rtmo.nn.init import init_weights
 from rtmo.ops.letterbox import get_warp_matrix, letterbox_params
-from rtmo.train.recipes import TrainRecipe
-from rtmo.train.trainer import TrainData, Trainer, init_weights, scale_epochs
+from rtmo.train.data import TrainData
+from rtmo.train.recipes import TrainRecipe, scale_epochs
+from rtmo.train.trainer import Trainer
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "coco"
 

@@ -29,7 +29,8 @@ import numpy as np
 from rtmo.config import COCO_KEYPOINTS
 from rtmo.infer.results import PoseResult
 from rtmo.infer.smooth import OneEuroConfig, PoseSmoother
-from rtmo.infer.track import Tracker, TrackerConfig, iou_matrix
+from rtmo.infer.track import Tracker, TrackerConfig
+from rtmo.ops.boxes_np import iou_matrix
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 FIXTURE = "rtmo-s_8xb32-600e_coco-640x640_seed0"

@@ -1,8 +1,9 @@
-"""RTMO: backbone -> neck -> head -> (select, NMS) -> DCC, plus the user-facing `infer`/`predict`."""
+"""RTMO: backbone -> neck -> head -> `rtmo.decode` (select, NMS, DCC), plus the user-facing `infer` /
+`predict` (`rtmo.infer.backend.PoseAPI`) and `export`."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -10,21 +11,22 @@ import torch
 from torch import nn
 
 from .config import CSP_PRETRAINED, CSPConfig, KeypointInfo, ResNetConfig, RTMOConfig, keypoint_info_for
+from .decode import decode
+from .infer.backend import PoseAPI
 from .nn.backbone import CSPDarknet
 from .nn.head import HeadMaps, RTMOHead, flatten_maps
 from .nn.neck import HybridEncoder
-from .ops.boxes import decode_boxes, grid_priors, nms, xyxy_to_cs
+from .ops.boxes import grid_priors
 from .ops.checks import check_fraction
 from .outputs import KeypointOutput, RTMOLoss, RTMOModelOutput
 
 PRECISIONS = ("fp32", "bf16", "fp16")
-OUTPUT_KEYS = ("scores", "labels", "pred_bboxes", "bbox_scores", "pred_keypoints", "keypoint_scores",
-               "keypoints_visible")
 
 
-class RTMO(nn.Module):
+class RTMO(PoseAPI, nn.Module):
     """The RTMO network. `model(images)` takes a float (B,3,H,W) BGR 0..255 batch (H, W multiples of 32)
-    and returns a dict of per-image lists in network-input pixels (see OUTPUT_KEYS)."""
+    and returns `RTMOModelOutput(outputs=KeypointOutput)` in network-input pixels. Implements
+    `rtmo.infer.backend.PoseBackend` (`predict_batch`, `infer`, `predict`)."""
 
     def __init__(self, config: RTMOConfig | None = None, keypoint_info: KeypointInfo | None = None):
         super().__init__()
@@ -47,6 +49,7 @@ class RTMO(nn.Module):
         self.class_names: tuple[str, ...] = ("person",)
         self.checkpoint_info: dict[str, Any] = {}
         self.precision = "fp32"  # see set_precision
+        self.fast = False  # fused, channels-last float32 (set_precision(fast=True))
         self._priors_cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
         # The training losses of the current stage, `criterion(model, images, targets) -> RTMOLoss`; set by
         # the trainer (a plain attribute, not a submodule: it holds settings, no weights).
@@ -80,70 +83,35 @@ class RTMO(nn.Module):
         the training losses (`targets`: one `rtmo.train.losses.Targets` per image)."""
         if targets is not None:
             if self.criterion is None:
-                raise ValueError("model(images, targets) computes the losses with model.criterion, which is "
-                                 "not set: model.criterion = rtmo.train.losses.Criterion(LossConfig(...))")
+                raise ValueError("model(images, targets) needs model.criterion, which is not set: "
+                                 "model.criterion = rtmo.train.losses.Criterion.from_recipe(recipe, epoch)")
             return RTMOModelOutput(loss=self.criterion(self, images, targets))
-        per_image = self.predict_tensor(images, threshold, nms_threshold)
-        return RTMOModelOutput(outputs=KeypointOutput.from_per_image(per_image))
+        return RTMOModelOutput(outputs=self.predict_batch(images, threshold, nms_threshold))
 
     @torch.no_grad()
-    def predict_tensor(self, images: torch.Tensor | np.ndarray, threshold: float | None = None,
-                       nms_threshold: float | None = None) -> dict[str, list[torch.Tensor]]:
-        """Detections per image in network-input pixels, boxes clamped to the input canvas.
+    def predict_batch(self, batch: torch.Tensor | np.ndarray, threshold: float | None = None,
+                      nms_threshold: float | None = None) -> KeypointOutput:
+        """Detections of a batch in network-input pixels, boxes clamped to the input canvas, padded to the
+        largest count (`rtmo.decode.decode`).
 
-        `images`: float (B,3,H,W) BGR 0..255, a tensor or a numpy array (moved to the model's device).
+        `batch`: float (B,3,H,W) BGR 0..255, a tensor or a numpy array (moved to the model's device).
         `threshold` / `nms_threshold` in [0, 1]; None means the config's (score 0.1, IoU 0.65).
         """
         threshold = check_fraction(threshold, "threshold")
         nms_threshold = check_fraction(nms_threshold, "nms_threshold")
         score_thr = self.config.score_thr if threshold is None else threshold
         nms_thr = self.config.nms_thr if nms_threshold is None else nms_threshold
-        if isinstance(images, np.ndarray):
-            images = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))
-        images = images.to(self.device)
+        if isinstance(batch, np.ndarray):
+            batch = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
+        images = batch.to(self.device)
         maps = self._forward_maps_at_precision(images)
         priors, strides = self.priors(maps)
-        scores_all = flatten_maps(maps.cls).sigmoid()
-        boxes_all = decode_boxes(flatten_maps(maps.bbox), priors, strides)
-        vis_all = flatten_maps(maps.vis).sigmoid()
-        pose_all = flatten_maps(maps.pose)
-
-        out: dict[str, list[torch.Tensor]] = {k: [] for k in OUTPUT_KEYS}
-        selected = []  # (image index, grid indices) per image
-        for b in range(images.shape[0]):
-            scores, labels = scores_all[b].max(dim=1)
-            valid = torch.nonzero(scores > score_thr).squeeze(1)
-            cand_scores, order = scores[valid].sort(descending=True)
-            idx = valid[order]
-            if idx.numel() and nms_thr < 1.0:
-                idx = idx[nms(boxes_all[b, idx], cand_scores, nms_thr)]
-            selected.append(idx)
-            out["scores"].append(scores[idx])
-            out["labels"].append(labels[idx])
-            out["bbox_scores"].append(scores[idx])
-            out["keypoint_scores"].append(vis_all[b, idx])
-            out["keypoints_visible"].append(vis_all[b, idx])
-
-        # One DCC call for every kept detection of the batch, on the unclamped boxes.
-        flat_b = torch.cat([torch.full_like(i, b) for b, i in enumerate(selected)])
-        flat_i = torch.cat(selected)
-        boxes = boxes_all[flat_b, flat_i]
-        if flat_i.numel():
-            kpts = self.head.dcc(pose_all[flat_b, flat_i], xyxy_to_cs(boxes, self.config.bbox_padding),
-                                 priors[flat_i])
-        else:
-            kpts = boxes.new_zeros((0, self.config.num_keypoints, 2))
-        w, h = images.shape[3], images.shape[2]
-        boxes = torch.stack([boxes[:, 0].clamp(0, w), boxes[:, 1].clamp(0, h),
-                             boxes[:, 2].clamp(0, w), boxes[:, 3].clamp(0, h)], dim=1)
-        counts = [len(i) for i in selected]
-        out["pred_bboxes"] = list(boxes.split(counts))
-        out["pred_keypoints"] = list(kpts.split(counts))
-        return out
+        return decode(self.head.dcc, flatten_maps(maps.cls), flatten_maps(maps.bbox), flatten_maps(maps.vis),
+                      flatten_maps(maps.pose), priors, strides, (images.shape[2], images.shape[3]), score_thr,
+                      nms_thr, self.config.bbox_padding)
 
     def _forward_maps_at_precision(self, images: torch.Tensor) -> HeadMaps:
-        fast = getattr(self, "fast", False)  # set by set_precision(fast=True); absent on unpickled models
-        if self.precision == "fp32" and not fast:
+        if self.precision == "fp32" and not self.fast:
             return self.forward_maps(images)  # the bit-exact path: contiguous NCHW, unfused
         # Channels-last activations to match the channels-last weights (oneDNN's native layout: no
         # reorder per convolution). Reduced precision runs the network under autocast; selection, NMS
@@ -170,7 +138,7 @@ class RTMO(nn.Module):
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         fast = bool(fast) or precision != "fp32"
-        was_fast = getattr(self, "fast", False) or self.precision != "fp32"
+        was_fast = self.fast or self.precision != "fp32"
         if precision == self.precision and fast == was_fast:
             return self
         if was_fast and not fast:  # fusing is irreversible
@@ -191,24 +159,7 @@ class RTMO(nn.Module):
         self.precision = precision
         return self
 
-    # ------------------------------------------------------------------ user API
-    def infer(self, image: Any, threshold: float | None = None, nms_threshold: float | None = None
-              ) -> Any:
-        """Poses in one image (path, BGR ndarray or PIL image) or a list of them (one batched forward).
-
-        Returns a `PoseResult` for one image, a list of them for a list.
-        """
-        from .infer.api import infer
-
-        return infer(self, image, threshold, nms_threshold)
-
-    def predict(self, source: Any, stream: bool = False, **kwargs: Any) -> Iterator[Any] | list[Any]:
-        """Results for any source (image, folder, glob, video, camera index, URL, list file)."""
-        from .infer.sources import stream_results
-
-        gen = stream_results(self, source, **kwargs)
-        return gen if stream else list(gen)
-
+    # ------------------------------------------------------------------ user API (infer, predict: PoseAPI)
     def export(self, format: str = "onnx", path: str | None = None, **kwargs: Any) -> Any:
         """Write a deployable file and return its path: `rtmo.export.export(self, path, format, ...)`
         ('onnx', 'openvino', 'tensorrt'; kwargs as `rtmo.export.export_onnx`)."""
@@ -309,7 +260,3 @@ def _fold_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
 
 def num_parameters(model: nn.Module) -> int:
     return int(sum(p.numel() for p in model.parameters()))
-
-
-def as_numpy(t: torch.Tensor) -> np.ndarray:
-    return t.detach().cpu().numpy()

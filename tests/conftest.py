@@ -1,4 +1,10 @@
-"""Shared test helpers: where the ground-truth fixtures live, and models built from them."""
+"""Shared test helpers: where the ground-truth fixtures live, and models built from them.
+
+The fixtures (mmpose's outputs, published-format checkpoints, real photos) live outside the repository, in
+`$RTMO_SHARED` (default: `../shared` beside the checkout); this file is the only place that looks for them.
+Locally a missing fixture skips the tests that need it. In CI (`.ci/run` sets `RTMO_REQUIRE_FIXTURES=1`; a
+`CI` variable does the same) a missing fixture fails the run: tests that silently skip prove nothing.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +19,33 @@ torch.set_num_threads(2)
 SHARED = Path(os.environ.get("RTMO_SHARED", Path(__file__).resolve().parents[1].parent / "shared"))
 FIXTURES = SHARED / "fixtures"
 DATA = SHARED / "data"
+REQUIRED = os.environ.get("RTMO_REQUIRE_FIXTURES") == "1" or os.environ.get("CI", "").lower() in ("1", "true")
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    missing = [str(p) for p in (FIXTURES, DATA) if not p.is_dir()]
+    if REQUIRED and missing:
+        pytest.exit(f"the shared fixtures are required here and missing: {', '.join(missing)} "
+                    "(set RTMO_SHARED to the folder holding fixtures/ and data/)", returncode=1)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    """Where fixtures are required, a test skipped for want of a file under SHARED fails instead."""
+    outcome = yield
+    report = outcome.get_result()
+    if REQUIRED and report.skipped and isinstance(report.longrepr, tuple):
+        reason = str(report.longrepr[2])
+        if str(SHARED) in reason or "fixture" in reason.lower():
+            report.outcome = "failed"
+            report.longrepr = f"required shared file missing: {reason}"
+
+
+def require(path: Path) -> Path:
+    """`path` (a file or folder under SHARED), or skip the test when it is missing (fail where required)."""
+    if not path.exists():
+        pytest.skip(f"{path} not found")
+    return path
 
 FIXTURE_MODELS = {
     "s": "rtmo-s_8xb32-600e_coco-640x640_seed0",
@@ -21,10 +54,7 @@ FIXTURE_MODELS = {
 
 
 def fixture_dir(variant: str) -> Path:
-    d = FIXTURES / FIXTURE_MODELS[variant]
-    if not d.is_dir():
-        pytest.skip(f"fixtures not found at {d}")
-    return d
+    return require(FIXTURES / FIXTURE_MODELS[variant])
 
 
 def fixture_checkpoint(variant: str) -> Path:
@@ -44,6 +74,5 @@ def fixture_model(variant: str):
 
 
 def data_images() -> list[Path]:
-    if not DATA.is_dir():
-        pytest.skip(f"data not found at {DATA}")
+    require(DATA)
     return sorted(DATA.glob("coco/*.jpg")) + sorted(DATA.glob("crowdpose/*.jpg"))

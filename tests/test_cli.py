@@ -206,7 +206,11 @@ def test_image_ids(tmp_path):
 
 
 def test_every_subcommand_registered():
-    from rtmo.cli import build_parser, run_models, run_predict, run_train, run_val
+    from rtmo.cli import build_parser
+    from rtmo.cli.models import run_models
+    from rtmo.cli.predict import run_predict
+    from rtmo.cli.train import run_train
+    from rtmo.cli.val import run_val
 
     p = build_parser()
     assert p.parse_args(["predict", "x.jpg"]).func is run_predict
@@ -257,7 +261,7 @@ def test_help_of_every_subcommand(capsys):
         text = capsys.readouterr().out
         assert e.value.code == 0 and text.startswith(f"usage: rtmo {sub}")
         if sub in ("export", "benchmark"):
-            continue  # their parsers live in rtmo/export and rtmo/benchmark.py (the names: test above)
+            continue  # their -m help says what each takes (the names: test above)
         assert "-m MODEL, --model MODEL" in text, text
         if sub != "models":  # the run folder's file names are listed where the option is
             assert "-o DIR, --output DIR" in text and ".json" in text, text
@@ -294,7 +298,7 @@ def test_bad_device_is_one_line_before_the_model_loads(cmd, tmp_path, capsys):
 
 
 def test_device_specs_resolve_like_ultralytics():
-    from rtmo.cli import resolve_device_arg
+    from rtmo.cli.common import resolve_device_arg
     from rtmo.utils.device import DeviceError
 
     assert resolve_device_arg("cpu") == "cpu"
@@ -359,7 +363,8 @@ def test_missing_optional_dependency_names_the_extra(tmp_path):
 
 
 def test_models_details_and_train_list(capsys, monkeypatch):
-    from rtmo.cli import main, recipe_for_model
+    from rtmo.cli import main
+    from rtmo.cli.models import recipe_for_model
     from rtmo.hub.zoo import REGISTRY
     from rtmo.train.recipes import list_recipes
 

@@ -150,7 +150,7 @@ def test_corner_points_train_and_export(tmp_path):
     export self-check compares the graph with this model; a graph with centred points would fail it)."""
     from rtmo.export.onnx import export_onnx
     from rtmo.export.runtime import OnnxRuntimeModel
-    from rtmo.train.losses import Targets
+    from rtmo.train.losses import Criterion, Targets
 
     with np.load(FIXTURES / "train_rtmo-t_seed0" / "batch.npz") as b:  # mmpose's training batch
         images = torch.from_numpy(b["inputs_uint8"]).float()
@@ -160,6 +160,7 @@ def test_corner_points_train_and_export(tmp_path):
     centred = _fixture_model_with()
     corner.train()
     centred.train()
+    corner.criterion = centred.criterion = Criterion()  # stage-1 losses
     total_k, total_c = corner(images, targets).loss.loss, centred(images, targets).loss.loss
     assert torch.isfinite(total_k) and float(total_k.detach()) != float(total_c.detach())
     total_k.backward()

@@ -11,23 +11,38 @@ import numpy as np
 import pytest
 
 from rtmo.config import COCO_KEYPOINTS, CROWDPOSE_KEYPOINTS
-from rtmo.train.dataset import (
+from rtmo.train.data import (
     BODY7_TO_COCO,
     BODY7_TO_CROWDPOSE,
     CocoPoseDataset,
     CombinedDataset,
     KeypointConverter,
+    Stage1Pipeline,
+    Stage2Pipeline,
     TrainDataset,
     build_train_data,
     collate,
     flip_indices_from_names,
 )
-from rtmo.train.transforms import Stage1Config, Stage1Pipeline, Stage2Config, Stage2Pipeline
+from rtmo.train.recipes import AugmentRecipe
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+from .conftest import SHARED
+from .train_util import criterion, official_recipe
+
 COCO_DIR = SHARED / "data" / "coco"
 COCO_JSON = COCO_DIR / "test_coco.json"
 CROWD_DIR = SHARED / "data" / "crowdpose"
+
+
+# every probability 0 (the centred letterbox, no HSV, no flip): the deterministic stage-2 pipeline of the
+# training fixtures
+LETTERBOX = AugmentRecipe(hsv_gains=(0, 0, 0), flip_prob=0.0, stage2_affine="none")
+
+
+def _stage1(variant: str, dataset: str) -> Stage1Pipeline:
+    """The stage-1 pipeline the official recipe trains with."""
+    r = official_recipe(variant, dataset)
+    return Stage1Pipeline(r.augment, r.input_size[0])
 
 
 def need(path: Path) -> Path:
@@ -59,7 +74,7 @@ def test_real_coco_file_counts(coco):
 
 def test_real_coco_after_filter(coco):
     # the README of the training fixtures: 12 persons with keypoints, (1, 2, 4, 5) per image
-    td = TrainDataset(coco, Stage2Pipeline(Stage2Config.letterbox_only(640)), seed=0)
+    td = TrainDataset(coco, Stage2Pipeline(LETTERBOX, 640), seed=0)
     counts = [td[i].num_instances for i in range(len(td))]
     assert counts == [1, 2, 4, 5]
     kept = np.concatenate([td[i].ann_ids for i in range(len(td))])
@@ -69,7 +84,7 @@ def test_real_coco_after_filter(coco):
 @pytest.mark.parametrize("name,size", [("train_rtmo-s_seed0", 640), ("train_rtmo-t_seed0", 416)])
 def test_letterbox_pipeline_reproduces_mmpose_batch(coco, name, size):
     fx = np.load(need(SHARED / "fixtures" / name / "batch.npz"))
-    td = TrainDataset(coco, Stage2Pipeline(Stage2Config.letterbox_only(size)), seed=0)
+    td = TrainDataset(coco, Stage2Pipeline(LETTERBOX, size), seed=0)
     samples = [td[i] for i in range(4)]
     images, targets = collate(samples)
     assert images.dtype.is_floating_point and tuple(images.shape) == (4, 3, size, size)
@@ -94,7 +109,7 @@ def test_real_crowdpose_file():
     assert ds.keypoint_info.sigmas == CROWDPOSE_KEYPOINTS.sigmas
     assert ds.keypoint_info.flip_indices == (1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 12, 13)
     assert len(ds) == 2 and ds.num_instances == 5
-    out = TrainDataset(ds, Stage1Pipeline(Stage1Config.preset("s", "crowdpose")), seed=3)[0]
+    out = TrainDataset(ds, _stage1("s", "crowdpose"), seed=3)[0]
     assert out.image.shape == (640, 640, 3) and out.keypoints.shape[1:] == (14, 2)
     assert np.isfinite(out.keypoints).all()
 
@@ -282,19 +297,19 @@ def test_collate_feeds_the_losses(coco):
     torch = pytest.importorskip("torch")
     from rtmo.config import RTMOConfig
     from rtmo.model import RTMO
-    from rtmo.train.losses import LossConfig, Targets, compute_losses
+    from rtmo.train.losses import Targets, compute_losses
 
-    td = TrainDataset(coco, Stage1Pipeline(Stage1Config.preset("t", "body7")), seed=0)
+    td = TrainDataset(coco, _stage1("t", "body7"), seed=0)
     images, targets = collate([td[0], td[3]])
     assert isinstance(targets[0], Targets) and targets[0].heatmap_mask is None
     assert images.shape == (2, 3, 416, 416) and targets[0].labels.dtype == torch.long
     torch.manual_seed(0)
     model = RTMO(RTMOConfig.preset("t")).train()
-    from rtmo.train.transforms import resize_batch
+    from rtmo.train.data import resize_batch
 
     images, targets = resize_batch(images, targets, (320, 320))  # smaller: a quicker CPU forward
     with torch.no_grad():
-        out = compute_losses(model, images, targets, LossConfig.preset("t", "body7", 1))
+        out = compute_losses(model, images, targets, criterion("t", "body7", 1))
     assert all(torch.isfinite(v).all() for k, v in out.items() if k.startswith("loss"))
 
 
@@ -375,7 +390,7 @@ def test_unreadable_training_images_skipped_up_to_a_cap(tmp_path, monkeypatch):
     """A truncated JPEG (which OpenCV alone would decode into a half-grey picture) is found by the
     inference decoder, reported by name and replaced by the next image; past the cap, training stops
     with one message naming the file. Missing files are found before the first step."""
-    import rtmo.train.dataset as dsmod
+    import rtmo.train.data.coco as dsmod
 
     src = COCO_DIR / "000000000785.jpg"
     if not src.exists():

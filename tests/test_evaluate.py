@@ -7,7 +7,6 @@ import copy
 import io
 import json
 import math
-import os
 from contextlib import redirect_stdout
 from pathlib import Path
 
@@ -31,7 +30,8 @@ from rtmo.eval.coco import (
 )
 from rtmo.infer.results import PoseResult
 
-DATA = Path(os.environ.get("RTMO_SHARED", Path(__file__).resolve().parents[1].parent / "shared")) / "data"
+from .conftest import DATA
+
 COCO_ANN = DATA / "coco" / "test_coco.json"
 CROWD_ANN = DATA / "crowdpose" / "test_crowdpose.json"
 

@@ -19,12 +19,14 @@ import pytest
 import torch
 
 from rtmo import RTMO, RTMOConfig
-from rtmo.export.onnx import Decoder, End2End, _NonMaxSuppression, compare_outputs, export_onnx, read_metadata
+from rtmo.decode import Decoder, NonMaxSuppression
+from rtmo.export.onnx import End2End, compare_outputs, export_onnx, graph_outputs, read_metadata
 from rtmo.export.runtime import OnnxRuntimeModel, OpenVINOModel, TensorRTModel, build_engine
 from rtmo.infer.api import preprocess
 from rtmo.infer.image import load_image
 from rtmo.nn.head import flatten_maps
 from rtmo.ops.boxes import grid_priors
+from rtmo.outputs import KEYPOINT_FIELDS, KeypointOutput
 
 from .conftest import DATA, fixture_checkpoint
 
@@ -67,7 +69,7 @@ def test_export_leaves_model_untouched_and_wrapper_is_exact(exported, images):
     assert all(torch.equal(before[k], after[k]) for k in before) and model.training is False
     # The traced module, run eagerly, is the model's own inference bit for bit (same ops, same order).
     batch = torch.from_numpy(preprocess(images[:2], model.input_size)[0])
-    ref = model.predict_tensor(batch)
+    ref = model.predict_batch(batch).per_image_lists()
     with torch.no_grad():
         dets, kpts = End2End(model, model.config.score_thr, model.config.nms_thr)(batch)
     for b in range(2):
@@ -85,7 +87,7 @@ class _PostGraph(torch.nn.Module):
         self.decoder, self.priors, self.strides, self.h, self.w = decoder, priors, strides, h, w
 
     def forward(self, cls, bbox, vis, pose):
-        return self.decoder(cls, bbox, vis, pose, self.priors, self.strides, self.h, self.w)
+        return graph_outputs(self.decoder(cls, bbox, vis, pose, self.priors, self.strides, self.h, self.w))
 
 
 def test_selection_and_dcc_graph_exact_in_float64(exported, images, tmp_path):
@@ -99,7 +101,8 @@ def test_selection_and_dcc_graph_exact_in_float64(exported, images, tmp_path):
     priors, strides = grid_priors([tuple(x.shape[2:]) for x in maps.cls], model.config.featmap_strides)
     net64 = copy.deepcopy(model).double()
     h, w = batch.shape[2:]
-    post = _PostGraph(Decoder(net64, 0.1, 0.65), priors.double(), strides.double(), h, w).eval()
+    decoder = Decoder(net64.head.dcc, 0.1, 0.65, net64.config.bbox_padding)
+    post = _PostGraph(decoder, priors.double(), strides.double(), h, w).eval()
     names = ["cls", "bbox", "vis", "pose"]
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
@@ -123,9 +126,19 @@ def test_onnxruntime_parity(exported, images, batch_size):
     model, path = exported
     rt = OnnxRuntimeModel(path, providers=["CPUExecutionProvider"], num_threads=2)
     batch, _ = preprocess(images[:batch_size], model.input_size)
-    got = rt.predict_tensor(batch)
-    stats = compare_outputs(model.predict_tensor(batch), got)  # raises on any mismatch
-    assert stats["box_px"] < 1e-2 and sum(len(s) for s in got["scores"]) > 10
+    got = rt.predict_batch(batch)
+    ref = model.predict_batch(batch)
+    stats = compare_outputs(ref, got)  # raises on any mismatch
+    assert stats["box_px"] < 1e-2 and sum(len(s) for s in got.per_image_lists()["scores"]) > 10
+    # The one output type of the decode step: the same KeypointOutput fields, numpy arrays from a runtime.
+    assert isinstance(got, KeypointOutput) and type(got) is type(ref)
+    got_views, ref_views = got.per_image(), ref.numpy().per_image()
+    for f in KEYPOINT_FIELDS:
+        assert isinstance(getattr(got, f), np.ndarray) and getattr(got, f).shape == getattr(ref, f).shape, f
+        assert all(g[f].dtype == r[f].dtype and g[f].shape == r[f].shape
+                   for g, r in zip(got_views, ref_views)), f
+    assert np.array_equal(got.num_detections, ref.num_detections.numpy())
+    assert np.array_equal(got.labels, ref.labels.numpy()) and got.bbox_scores is got.scores
     if batch_size == 3:  # padded rows: each image keeps exactly its own count
         dets, _ = rt.run(batch)
         counts = (dets[..., 4] > 0).sum(1)
@@ -137,7 +150,7 @@ def test_openvino_parity(exported, images):
     model, path = exported
     rt = OpenVINOModel(path, num_threads=2)
     batch, _ = preprocess(images[:2], model.input_size)
-    compare_outputs(model.predict_tensor(batch), rt.predict_tensor(batch))
+    compare_outputs(model.predict_batch(batch), rt.predict_batch(batch))
 
 
 def test_metadata_round_trip_and_user_api(exported, images):
@@ -190,7 +203,7 @@ def test_official_contract_without_metadata(exported, images, tmp_path):
 def _nms_graph(tmp_path: Path, iou_thr: float, score_thr: float) -> Path:
     class M(torch.nn.Module):
         def forward(self, boxes, scores):
-            return _NonMaxSuppression.apply(boxes, scores, 100, iou_thr, score_thr)
+            return NonMaxSuppression.apply(boxes, scores, 100, iou_thr, score_thr)
 
     boxes, scores = torch.rand(1, 4, 4), torch.rand(1, 1, 4)
     out = tmp_path / "nms.onnx"
@@ -211,7 +224,7 @@ def test_nms_op_semantics_match_mmpose(tmp_path):
     # IoU(0,1) = 1/2 exactly; IoU(2,3) = 4/5; box 4 has score == score_thr.
     scores = torch.tensor([[[0.9, 0.8, 0.7, 0.7, 0.25]]])
     expect = [0, 1, 2]  # box 3 ties with 2 at 0.7 and loses by index, then is suppressed (0.8 > 0.5)
-    got_eager = _NonMaxSuppression.apply(boxes, scores, 100, 0.5, 0.25)[:, 2].tolist()
+    got_eager = NonMaxSuppression.apply(boxes, scores, 100, 0.5, 0.25)[:, 2].tolist()
     sess = ort.InferenceSession(str(_nms_graph(tmp_path, 0.5, 0.25)), providers=["CPUExecutionProvider"])
     got_ort = sess.run(None, {"boxes": boxes.numpy(), "scores": scores.numpy()})[0][:, 2].tolist()
     assert got_eager == expect and sorted(got_ort) == expect

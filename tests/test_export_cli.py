@@ -18,6 +18,7 @@ import rtmo.export.onnx as onnx_export
 from rtmo.export import export, output_path
 from rtmo.export.onnx import compare_outputs, export_onnx
 from rtmo.export.runtime import OnnxRuntimeModel, OpenVINOModel
+from rtmo.outputs import KeypointOutput
 
 from .conftest import DATA, fixture_checkpoint, fixture_dir, fixture_model
 
@@ -137,12 +138,13 @@ def test_kill_during_export_never_leaves_a_torn_file(previous):
     assert previous.read_bytes() == b"the user's previous export"
 
 
-def _fake_out(boxes: list[list[float]], scores: list[float]) -> dict[str, list[torch.Tensor]]:
+def _fake_out(boxes: list[list[float]], scores: list[float]) -> KeypointOutput:
     b = torch.tensor(boxes)
     s = torch.tensor(scores)
     k = b[:, None, :2].repeat(1, 17, 1)
-    return {"scores": [s], "keypoint_scores": [torch.ones(len(s), 17)], "pred_bboxes": [b],
-            "pred_keypoints": [k]}
+    return KeypointOutput.from_per_image({"scores": [s], "labels": [torch.zeros(len(s), dtype=torch.long)],
+                                          "keypoint_scores": [torch.ones(len(s), 17)], "pred_bboxes": [b],
+                                          "pred_keypoints": [k]})
 
 
 def test_self_check_pairs_detections_by_position():

@@ -2,7 +2,7 @@
 
 Tolerances are those of `shared/fixtures/README.md` ("What matching means"): 2-5x what float32 itself costs
 according to the float64 re-run of mmpose's code stored in `summary.json`.
-Run `python tests/test_losses.py` to print the measured deviations of every run.
+Run `python -m tests.test_losses` to print the measured deviations of every run.
 """
 
 from __future__ import annotations
@@ -21,14 +21,17 @@ from rtmo.model import RTMO
 from rtmo.nn.head import HeadMaps, flatten_maps
 from rtmo.ops.oks import keypoint_oks, pairwise_pose_oks, pose_oks
 from rtmo.train.assigner import simota_assign
-from rtmo.train.losses import Criterion, LossConfig, Targets, compute_losses, head_losses
+from rtmo.train.losses import Criterion, Targets, compute_losses, head_losses
 
-FIX = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"
+from .conftest import FIXTURES as FIX
+from .train_util import criterion
+
 CKPT = {"s": "rtmo-s_8xb32-600e_coco-640x640_seed0", "t": "rtmo-t_8xb32-600e_body7-416x416_seed0"}
 TERMS = ("loss_cls", "loss_bbox", "loss_vis", "loss_oks", "loss_mle", "loss_bbox_aux")
 SIGMAS = torch.tensor(keypoint_info_for(17).sigmas)
 
-needs_fixtures = pytest.mark.skipif(not (FIX / "train_rtmo-s_seed0").is_dir(), reason="no shared fixtures")
+needs_fixtures = pytest.mark.skipif(not (FIX / "train_rtmo-s_seed0").is_dir(),
+                                    reason=f"no shared fixtures at {FIX}")
 
 
 @functools.cache
@@ -62,8 +65,9 @@ def _targets(v: str, stage: str) -> list[Targets]:
             for i in range(4)]
 
 
-def _cfg(stage: str) -> LossConfig:
-    return LossConfig.preset("s", "coco", int(stage[-1]))
+def _cfg(stage: str) -> Criterion:
+    """What the RTMO-s COCO recipe trains with in `stage` (the fixtures' settings)."""
+    return criterion("s", "coco", int(stage[-1]))
 
 
 def _rel(a: torch.Tensor | np.ndarray, b: np.ndarray) -> float:
@@ -189,7 +193,7 @@ def end_to_end(v: str, bn: str = "bn-train", stage: str = "stage1") -> dict[str,
     fwd = _npz(d / f"{bn}_forward.npz")
     run = json.loads((d / "summary.json").read_text())["runs"][f"{bn}/{stage}"]
     model = _model(v, bn)
-    model.criterion = Criterion(_cfg(stage))
+    model.criterion = _cfg(stage)
     images = torch.from_numpy(_npz(d / "batch.npz")["inputs_uint8"]).float()
     captured = {}
     forward_maps = model.forward_maps
@@ -274,14 +278,14 @@ def test_assigner_no_gt_and_bad_targets() -> None:
 
 
 def test_stage_presets() -> None:
-    s1, s2, s3 = (LossConfig.preset("s", "coco", i) for i in (1, 2, 3))
+    s1, s2, s3 = (criterion("s", "coco", i) for i in (1, 2, 3))
     assert (s1.oks_weight, s1.mle_weight, s1.proxy_target_cc, s1.use_aux_loss) == (30.0, 1.0, False, False)
     assert (s2.oks_weight, s2.mle_weight, s2.proxy_target_cc, s2.cls_weight) == (10.0, 5.0, True, 1.0)
     assert s3.use_aux_loss and not s2.use_aux_loss
-    m2 = LossConfig.preset("m", "coco", 2)
+    m2 = criterion("m", "coco", 2)
     assert (m2.cls_weight, m2.overlaps_power, m2.use_keypoints_for_center) == (2.0, 1.0, False)
-    assert LossConfig.preset("l", "crowdpose", 1).mle_weight == 1e-3
-    assert LossConfig.preset("s", "crowdpose", 1).use_keypoints_for_center is False
+    assert criterion("l", "crowdpose", 1).mle_weight == 1e-3
+    assert criterion("s", "crowdpose", 1).use_keypoints_for_center is False
 
 
 def test_no_gt_image_keeps_graph() -> None:
@@ -305,7 +309,7 @@ def test_single_positive_train_mode_bf16() -> None:
     torch.manual_seed(0)
     model = RTMO(RTMOConfig.preset("t"))
     model.train()
-    model.criterion = Criterion(LossConfig.preset("t", "body7", 3))
+    model.criterion = criterion("t", "body7", 3)
     person = Targets(torch.tensor([[10.0, 10, 100, 120]]), torch.rand(1, 17, 2) * 80 + 20, torch.ones(1, 17),
                      torch.tensor([5000.0]), heatmap_mask=torch.zeros(128, 128))
     with torch.autocast("cpu", dtype=torch.bfloat16):

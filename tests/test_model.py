@@ -1,4 +1,5 @@
-"""Architecture: parameter counts (reference §1.3) and the official key lists (../shared/fixtures/keys)."""
+"""Architecture: parameter counts (summed over mmpose's module structure) and the official key lists
+(fixtures/keys)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from rtmo.model import num_parameters
 
 from .conftest import FIXTURES
 
-# Learnable parameter totals computed from mmpose's module structure (reference §1.3).
+# Learnable parameter totals of mmpose's RTMO models, per size and keypoint count (COCO 17, CrowdPose 14).
 PARAMS = {("t", 17): 6_829_875, ("s", 17): 9_868_899, ("m", 17): 22_526_307, ("l", 17): 44_693_315,
           ("s", 14): 9_765_678, ("m", 14): 22_372_254, ("l", 14): 44_488_430}
 

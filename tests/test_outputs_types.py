@@ -36,8 +36,8 @@ def test_eval_output_b1_and_b3(batch3):
     assert o.keypoint_scores.shape == o.keypoints_visible.shape == (b, n, k)
     assert o.valid.tolist() == [[j < c for j in range(n)] for c in counts]
     assert (o.scores[~o.valid] == 0).all() and (o.pred_keypoints[~o.valid] == 0).all()  # padding
-    # the per-image views are exactly what predict_tensor gives, image by image
-    ref = model.predict_tensor(batch3, threshold=0.6)
+    # the per-image views are exactly what predict_batch gives, image by image
+    ref = model.predict_batch(batch3, threshold=0.6).per_image_lists()
     for i, view in enumerate(o.per_image()):
         for f in KEYPOINT_FIELDS:
             assert torch.equal(view[f], ref[f][i]), (i, f)
@@ -45,16 +45,39 @@ def test_eval_output_b1_and_b3(batch3):
     assert one.scores.shape == (1, counts[1]) and one.num_detections.tolist() == [counts[1]]
 
 
+def _per_image(rand, zeros) -> dict:
+    per = {f: [rand(2, 17) if "keypoint" in f else rand(2, 17, 2) if f == "pred_keypoints"
+               else rand(2, 4) if f == "pred_bboxes" else rand(2), zeros((0, 17))
+               if "keypoint" in f else zeros((0, 17, 2)) if f == "pred_keypoints"
+               else zeros((0, 4)) if f == "pred_bboxes" else zeros(0)] for f in KEYPOINT_FIELDS}
+    # the documented second names are the same arrays as the ones they name
+    per["bbox_scores"], per["keypoints_visible"] = per["scores"], per["keypoint_scores"]
+    return per
+
+
 def test_from_per_image_round_trip_with_an_empty_image():
-    per = {f: [torch.rand(2, 17) if "keypoint" in f else torch.rand(2, 17, 2) if f == "pred_keypoints"
-               else torch.rand(2, 4) if f == "pred_bboxes" else torch.rand(2), torch.zeros((0, 17))
-               if "keypoint" in f else torch.zeros((0, 17, 2)) if f == "pred_keypoints"
-               else torch.zeros((0, 4)) if f == "pred_bboxes" else torch.zeros(0)] for f in KEYPOINT_FIELDS}
+    per = _per_image(torch.rand, torch.zeros)
     out = KeypointOutput.from_per_image(per)
     assert out.num_detections.tolist() == [2, 0] and out.scores.shape == (2, 2)
     back = out.per_image_lists()
     for f in KEYPOINT_FIELDS:
         assert all(torch.equal(a, b) for a, b in zip(back[f], per[f])), f
+
+
+def test_numpy_outputs_as_the_exported_runtimes_give_them():
+    """The same type without torch arrays: padding, validity mask, views, aliases."""
+    rng = np.random.default_rng(0)
+    per = _per_image(lambda *s: rng.random(s, dtype=np.float32),
+                     lambda s: np.zeros(s, np.float32))
+    out = KeypointOutput.from_per_image(per)
+    assert isinstance(out.scores, np.ndarray) and out.num_detections.tolist() == [2, 0]
+    assert out.valid.tolist() == [[True, True], [False, False]] and out.numpy() is out
+    assert out.bbox_scores is out.scores and out.keypoints_visible is out.keypoint_scores
+    back = out.per_image_lists()
+    for f in KEYPOINT_FIELDS:
+        assert all(np.array_equal(a, b) for a, b in zip(back[f], per[f])), f
+    t = KeypointOutput.from_per_image({k: [torch.from_numpy(x) for x in v] for k, v in per.items()})
+    assert all(np.array_equal(getattr(t.numpy(), f), getattr(out, f)) for f in KEYPOINT_FIELDS)
 
 
 def test_training_output_is_an_rtmo_loss():

@@ -100,7 +100,9 @@ def test_readme_has_what_the_tests_read():
                                   for a in LINES if a[0] == "train"])
 def test_training_lines_parse(argv, tmp_path):
     """Parsed, not run: the options exist, the recipe / model name and --init-from resolve."""
-    from rtmo.cli import build_parser, recipe_for_model, run_train
+    from rtmo.cli import build_parser
+    from rtmo.cli.models import recipe_for_model
+    from rtmo.cli.train import run_train
     from rtmo.hub.zoo import REGISTRY
     from rtmo.train.recipes import TrainRecipe
 

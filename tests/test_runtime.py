@@ -133,7 +133,10 @@ def test_foreign_or_corrupt_onnx_names_the_contract(tmp_path):
 def test_torch_free_runtime_gives_the_same_detections(mmdeploy_model, tmp_path):
     img = str(_image("103319"))
     code = (f"import json, rtmo; m = rtmo.ModelManager.get({str(_mmdeploy())!r}); r = m.infer({img!r}); "
-            "assert sys.modules.get('torch') is None; "
+            "assert sys.modules.get('torch') is None; import numpy as np; "
+            "from rtmo.outputs import KeypointOutput; "
+            "o = m.predict_batch(np.zeros((2, 3, 416, 416), np.float32)); "
+            "assert isinstance(o, KeypointOutput) and isinstance(o.pred_keypoints, np.ndarray); "
             "print(json.dumps({'boxes': r.boxes.tolist(), 'kpts': r.keypoints.tolist(), "
             "'scores': r.scores.tolist()}))")
     res = _no_torch(code)
@@ -186,7 +189,7 @@ def test_api_thresholds_are_validated(mmdeploy_model, bad):
         with pytest.raises(ValueError, match="^nms_threshold"):
             m.infer(img, nms_threshold=bad)
         with pytest.raises(ValueError, match="^threshold"):
-            m.predict_tensor(np.zeros((1, 3, 416, 416), np.float32), threshold=bad)
+            m.predict_batch(np.zeros((1, 3, 416, 416), np.float32), threshold=bad)
 
 
 @pytest.mark.parametrize("size", [(100, 100), (416, 8192), (0, 416), (-32, 416), "416", (416.0, 416)])

@@ -142,7 +142,7 @@ def test_frame_reader_reports_broken_items(tmp_path):
 def test_predict_stream_matches_infer_and_skips_broken(tmp_path):
     images = sorted((DATA / "crowdpose").glob("*.jpg"))
     if len(images) < 2:
-        pytest.skip("crowdpose images not found")
+        pytest.skip(f"crowdpose images not found in {DATA / 'crowdpose'}")
     model = fixture_model("t")
     for p in images:
         shutil.copy(p, tmp_path / p.name)

@@ -12,7 +12,9 @@ from rtmo.config import COCO_KEYPOINTS
 from rtmo.infer import track as track_mod
 from rtmo.infer.results import PoseResult
 from rtmo.infer.smooth import OneEuroConfig, OneEuroFilter, PoseSmoother
-from rtmo.infer.track import Tracker, TrackerConfig, iou_matrix, linear_assignment, oks_matrix
+from rtmo.infer.track import Tracker, TrackerConfig, linear_assignment
+from rtmo.ops.boxes_np import iou_matrix
+from rtmo.ops.oks_np import oks_matrix
 
 # A standing person in box-relative coordinates; two poses so that OKS can tell people apart.
 POSE_A = np.stack([np.linspace(0.3, 0.7, 17), np.linspace(0.05, 0.95, 17)], 1)

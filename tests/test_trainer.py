@@ -1,8 +1,10 @@
-"""Trainer: parameter groups (§10.8), lr schedule (§10.9), EMA (§10.10), stage switches (§10.7), checkpoints,
-exact resume, DDP (2 Gloo processes vs one process), recipes (mmpose configs)."""
+"""Trainer: parameter groups, lr schedule, EMA (all against mmengine's rules), stage switches (the criterion
+the trainer sets each epoch), checkpoints, exact resume, DDP (2 Gloo processes vs one process), recipes
+(mmpose configs)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -15,18 +17,13 @@ import torch
 from torch import nn
 
 from rtmo import RTMO, RTMOConfig
+from rtmo.train.data import TrainData, resize_batch
 from rtmo.train.ema import ModelEMA
+from rtmo.train.losses import Criterion
 from rtmo.train.optim import LRSchedule, build_optimizer, lr_at, param_groups
-from rtmo.train.recipes import ScheduleRecipe, TrainRecipe, list_recipes
-from rtmo.train.trainer import (
-    TrainData,
-    Trainer,
-    data_stage,
-    load_checkpoint,
-    loss_settings,
-    resize_batch,
-    scale_epochs,
-)
+from rtmo.train.recipes import ScheduleRecipe, TrainRecipe, data_stage, list_recipes, scale_epochs
+from rtmo.train.rundir import load_checkpoint
+from rtmo.train.trainer import Trainer
 
 torch.set_num_threads(2)
 
@@ -107,7 +104,8 @@ def test_param_groups_follow_reference_rules():
     where = {n: (g["lr"], g["weight_decay"]) for g in groups for n in g["names"]}
     assert len(where) == len(list(model.named_parameters()))  # every parameter exactly once
     enc = "neck.encoder.0.layers.0."
-    # §10.8: encoder lr x0.05; decay off for norms and parameters named exactly `bias`, on for the rest
+    # mmpose's optim_wrapper: encoder lr x0.05; decay off for norms and parameters named exactly `bias`, on
+    # for the rest
     expected = {
         "backbone.stem.conv.conv.weight": (0.004, 0.05),
         "backbone.stem.conv.bn.weight": (0.004, 0.0),
@@ -132,7 +130,7 @@ def test_param_groups_follow_reference_rules():
 
 
 def _mmengine_chain(base: float, L: int, cfg: ScheduleRecipe, epochs: int) -> list[float]:
-    """Step-by-step simulation of mmengine's chained schedulers (the recurrences of §10.9), independent of
+    """Step-by-step simulation of mmengine's chained schedulers (their recurrences), independent of
     the closed form under test."""
     lr, out = base, []
     W = cfg.warmup_epochs * L
@@ -158,7 +156,7 @@ def _mmengine_chain(base: float, L: int, cfg: ScheduleRecipe, epochs: int) -> li
 
 def test_lr_schedule_reference_values():
     cfg, L = ScheduleRecipe(), 100
-    # the table of §10.9 (base group 4e-3 / encoder group 2e-4), L = 100
+    # values worked out from the official schedule (base group 4e-3 / encoder group 2e-4), L = 100
     checks = [((0, 0), 1.6e-8, 8e-10), ((4, 99), 4e-3, 2e-4), ((100, 0), 3.02e-3, 2e-4),
               ((279, 99), 2.03e-4, 2e-4), ((280, 50), 5.075e-4, 5e-4), ((400, 0), 4.03e-4, 3.98e-4),
               ((590, 0), 2.0e-4, 2.0e-4)]
@@ -199,7 +197,7 @@ def test_ema_matches_exp_momentum_recursion():
         if ref is None:
             ref = cur
         else:
-            m = 0.9998 * math.exp(-(1 + step) / 2000) + 0.0002  # §10.10
+            m = 0.9998 * math.exp(-(1 + step) / 2000) + 0.0002  # ExpMomentumEMA
             ref = {k: ref[k] if k.endswith("num_batches_tracked") else ref[k] * (1 - m) + cur[k] * m
                    for k in ref}
     for k, v in ema.module.state_dict().items():
@@ -209,6 +207,11 @@ def test_ema_matches_exp_momentum_recursion():
 
 
 # ---------------------------------------------------------------------------------------------- stages
+def loss_settings(recipe: TrainRecipe, epoch: int) -> dict:
+    """The loss settings training runs with in `epoch`: those of the criterion the trainer sets."""
+    return dataclasses.asdict(Criterion.from_recipe(recipe, epoch))
+
+
 def test_stage_switch_epochs_and_weights():
     s = TrainRecipe.load("rtmo-s_8xb32-600e_coco-640x640")
     m = TrainRecipe.load("rtmo-m_16xb16-600e_coco-640x640")
@@ -218,12 +221,34 @@ def test_stage_switch_epochs_and_weights():
     assert st2["proxy_target_cc"] and not st2["use_aux_loss"]
     mm = loss_settings(m, 280)
     assert (mm["cls_weight"], mm["overlaps_power"], loss_settings(m, 0)["mle_weight"]) == (2.0, 1.0, 1e-2)
-    assert [data_stage(s, e) for e in (578, 579, 599)] == [1, 2, 2]  # last 21 epochs (§10.7)
+    assert [data_stage(s, e) for e in (578, 579, 599)] == [1, 2, 2]  # the last 21 epochs
     assert loss_settings(s, 579)["use_aux_loss"] and not loss_settings(s, 578)["use_aux_loss"]
     c = TrainRecipe.load("rtmo-s_8xb32-700e_crowdpose-640x640")
     assert [data_stage(c, e) for e in (668, 669)] == [1, 2] and loss_settings(c, 350)["cls_weight"] == 2.0
     short = scale_epochs(s, 30)
     assert short.schedule.head_switch_epoch == 14 and short.schedule.data_switch_epoch == 28
+
+
+def test_trainer_sets_the_criterion_of_each_stage(tmp_path):
+    """The trainer owns the criterion: each epoch the model computes its losses with the one the recipe
+    gives that epoch (head switch at epoch 2, data switch with the auxiliary box loss at epoch 1)."""
+    class WithCriterion(ToyNet):
+        def __init__(self):
+            super().__init__()
+            self.criterion = None
+
+    seen = []
+
+    def loss_fn(model, images, targets):
+        seen.append(model.criterion)
+        return model(images, targets)
+
+    recipe = toy_recipe(epochs=3)
+    tr = Trainer(WithCriterion(), recipe, toy_data(), tmp_path, loss_fn=loss_fn, progress=False)
+    tr.fit()
+    assert seen[::2] == [Criterion.from_recipe(recipe, e) for e in range(3)] and seen[-1] is tr.criterion
+    assert [(c.use_aux_loss, c.proxy_target_cc) for c in seen[::2]] == [(False, False), (True, False),
+                                                                          (True, True)]
 
 
 def test_resize_batch_scales_targets():
@@ -456,7 +481,7 @@ def test_short_schedules_never_exceed_base_lr():
 
 
 def test_validation_epochs_follow_mmengine_dynamic_intervals():
-    from rtmo.train.trainer import val_due
+    from rtmo.train.recipes import val_due
 
     coco = TrainRecipe.load("rtmo-s_8xb32-600e_coco-640x640")
     crowd = TrainRecipe.load("rtmo-s_8xb32-700e_crowdpose-640x640")

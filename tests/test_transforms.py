@@ -10,31 +10,29 @@ from __future__ import annotations
 import itertools
 import math
 import pickle
+import random
 
 import cv2
 import numpy as np
 import pytest
 
 from rtmo.config import COCO_KEYPOINTS
-from rtmo.train.transforms import (
-    BatchResizeConfig,
+from rtmo.train.data.batch import draw_batch_size, resize_batch
+from rtmo.train.data.sample import PoseSample, perspective_matrix, transform_points
+from rtmo.train.data.transforms import (
     FilterAnnotations,
     HSVAug,
     MixUp,
     Mosaic,
-    PoseSample,
     RandomAffine,
     RandomFlip,
-    Stage1Config,
     Stage1Pipeline,
-    Stage2Config,
     Stage2Pipeline,
-    draw_batch_size,
-    perspective_matrix,
-    resize_batch,
-    transform_points,
     trunc_normal,
 )
+from rtmo.train.recipes import AugmentRecipe
+
+from .train_util import official_recipe
 
 K = 17
 FLIP = COCO_KEYPOINTS.flip_indices
@@ -313,8 +311,7 @@ def test_stage1_pipeline_keypoints_on_content_and_reproducible():
     S = 256
     srcs = [dotted_sample(h, w, 2, i, ann_base=10 * i) for i, (h, w) in
             enumerate([(200, 260), (300, 200), (256, 256), (180, 320), (240, 240)])]
-    cfg = dataclasses_replace(Stage1Config(input_size=S), hsv_gains=(0, 0, 0), mixup_prob=0.0)
-    pipe = Stage1Pipeline(cfg)
+    pipe = Stage1Pipeline(dataclasses_replace(AugmentRecipe(), hsv_gains=(0, 0, 0), mixup_prob=0.0), S)
     checked = 0
     for seed in range(6):
         out = pipe(srcs[seed % 5].copy(), np.random.default_rng(seed), ListSource(srcs))
@@ -346,8 +343,8 @@ def test_full_pipelines_finite(variant, dataset):
     S = 192  # small canvas keeps this fast; the geometry does not depend on S
     srcs = [dotted_sample(h, w, n, i, ann_base=10 * i) for i, (h, w, n) in
             enumerate([(200, 260, 2), (300, 200, 0), (256, 256, 3), (180, 320, 1)])]
-    s1 = Stage1Pipeline(dataclasses_replace(Stage1Config.preset(variant, dataset), input_size=S))
-    s2 = Stage2Pipeline(dataclasses_replace(Stage2Config.preset(variant, dataset), input_size=S))
+    augment = official_recipe(variant, dataset).augment  # what the recipe trains, on a smaller canvas
+    s1, s2 = Stage1Pipeline(augment, S), Stage2Pipeline(augment, S)
     for seed in range(3):
         for i in range(len(srcs)):
             rng = np.random.default_rng([seed, i])
@@ -358,31 +355,41 @@ def test_full_pipelines_finite(variant, dataset):
             assert out.heatmap_mask.shape == (S, S) and out.heatmap_mask.dtype == bool
 
 
-def test_presets_match_reference_table():
-    # §1.5: stage-1 affine / MixUp per family, RTMO-t without MixUp at 416, stage-2 random affine for m/l
-    s = Stage1Config.preset("s", "coco")
-    assert (s.input_size, s.affine_shift, s.affine_rotate, s.affine_scale, s.mixup_prob, s.mixup_ratio) == \
-        (640, 0.1, 10.0, (0.75, 1.0), 1.0, (0.8, 1.6))
-    t = Stage1Config.preset("t", "body7")
-    assert (t.input_size, t.mixup_prob) == (416, 0.0)
-    c = Stage1Config.preset("m", "crowdpose")
-    assert (c.affine_shift, c.affine_rotate, c.affine_scale, c.mixup_ratio) == \
+def _stage1(variant: str, dataset: str) -> Stage1Pipeline:
+    """The stage-1 pipeline the official recipe trains with (as `build_train_data` builds it)."""
+    r = official_recipe(variant, dataset)
+    return Stage1Pipeline(r.augment, r.input_size[0])
+
+
+def _stage2_random_affine(variant: str, dataset: str) -> bool:
+    r = official_recipe(variant, dataset)
+    return Stage2Pipeline(r.augment, r.input_size[0]).affine.shift_prob > 0
+
+
+def test_recipes_match_reference_table():
+    # the official configs: stage-1 affine / MixUp per family, RTMO-t without MixUp at 416, stage-2 random
+    # affine for m/l on COCO/body7
+    s = _stage1("s", "coco")
+    assert (s.input_size, s.affine.shift_factor, s.affine.rotate_factor, s.affine.scale_factor, s.mixup.prob,
+            s.mixup.ratio_range) == (640, 0.1, 10.0, (0.75, 1.0), 1.0, (0.8, 1.6))
+    t = _stage1("t", "body7")
+    assert (t.input_size, t.mixup.prob) == (416, 0.0)
+    c = _stage1("m", "crowdpose")
+    assert (c.affine.shift_factor, c.affine.rotate_factor, c.affine.scale_factor, c.mixup.ratio_range) == \
         (0.2, 30.0, (0.5, 1.5), (0.6, 1.6))
-    bc = Stage1Config.preset("l", "body7-crowdpose")
-    assert (bc.affine_shift, bc.mixup_ratio) == (0.1, (0.8, 1.6))
-    assert [Stage2Config.preset(v, d).random_affine for v, d in
+    bc = _stage1("l", "body7-crowdpose")
+    assert (bc.affine.shift_factor, bc.mixup.ratio_range) == (0.1, (0.8, 1.6))
+    assert [_stage2_random_affine(v, d) for v, d in
             [("t", "body7"), ("s", "coco"), ("m", "coco"), ("l", "body7"), ("m", "crowdpose"),
              ("l", "body7-crowdpose")]] == [False, False, True, True, False, False]
-    assert BatchResizeConfig.preset("t").size_range == (320, 640)
-    assert BatchResizeConfig.preset("l").size_range == (480, 800)
-    with pytest.raises(ValueError, match="variant"):
-        Stage1Config.preset("x", "coco")
+    assert official_recipe("t", "body7").augment.multiscale_range == (320, 640)
+    assert official_recipe("l", "coco").augment.multiscale_range == (480, 800)
 
 
 def test_batch_size_draws():
-    rng = np.random.default_rng(0)
-    for variant, (lo, hi) in [("s", (15, 25)), ("t", (10, 20))]:
-        cfg = BatchResizeConfig.preset(variant)
+    rng = random.Random(0)  # the trainer draws from Python's `random`
+    for (variant, dataset), (lo, hi) in [(("s", "coco"), (15, 25)), (("t", "body7"), (10, 20))]:
+        cfg = official_recipe(variant, dataset).augment
         ks = {draw_batch_size(rng, cfg)[0] // 32 for _ in range(600)}
         assert ks == set(range(lo, hi + 1))  # both ends reachable, nothing outside
         w, h = draw_batch_size(rng, cfg)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 
 import pytest
 import torch
@@ -63,6 +64,9 @@ def test_download_verifies_and_publishes_atomically(tmp_path):
     path = download(entry, tmp_path, progress=False, opener=opener)
     assert path.read_bytes() == data and calls == [entry.url]
     assert [p.name for p in tmp_path.iterdir()] == [entry.filename]  # no temporary leftovers
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # a plain write's mode, not mkstemp's private 0600
 
 
 def test_download_checksum_mismatch_leaves_nothing(tmp_path):
@@ -153,7 +157,8 @@ def test_yolox_backbone_init_from_cache_url_and_file(tmp_path, monkeypatch):
     BN statistics included, are copied; a corrupt cache file and a missing path get clear errors."""
     from rtmo import RTMO, RTMOConfig
     from rtmo.hub.zoo import BACKBONES, BackboneEntry, backbone_checkpoint
-    from rtmo.train.trainer import init_weights, load_backbone
+    from rtmo.nn.init import init_weights
+    from rtmo.train.run import load_backbone
 
     torch.manual_seed(1)
     donor = RTMO(RTMOConfig.preset("t"))
@@ -169,7 +174,8 @@ def test_yolox_backbone_init_from_cache_url_and_file(tmp_path, monkeypatch):
     monkeypatch.setenv("RTMO_CACHE_DIR", str(tmp_path))
     (tmp_path / entry.filename).write_bytes(data)
 
-    model = init_weights(RTMO(RTMOConfig.preset("t")), url)
+    model = init_weights(RTMO(RTMOConfig.preset("t")))
+    load_backbone(model, url)
     for k, v in donor.backbone.state_dict().items():
         assert torch.equal(model.backbone.state_dict()[k], v), k
     assert backbone_checkpoint("yolox-test") == tmp_path / entry.filename

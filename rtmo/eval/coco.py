@@ -458,11 +458,6 @@ def write_metrics(path: str | os.PathLike, metrics: dict[str, float]) -> None:
     _write_json_atomic(path, {k: float(v) for k, v in metrics.items()})
 
 
-def write_results(path: str | os.PathLike, records: Sequence[dict]) -> None:
-    """Write COCO results records as JSON, atomically."""
-    _write_json_atomic(path, list(records))
-
-
 def run_val(ann: str | os.PathLike, results: str | os.PathLike | None = None, model: Any = None,
             images: str | os.PathLike | None = None, protocol: str = "coco",
             output: str | os.PathLike | None = None, batch_size: int = 8) -> dict[str, float]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -11,9 +10,9 @@ from ..utils.fileio import blocking_file
 
 # Imported on first use (PEP 562): opening an exported model (`rtmo.export.runtime`) must not import torch
 # through `.onnx`, which traces PyTorch models.
-_LAZY = {"export_onnx": "onnx", "check_export_options": "onnx", "read_metadata": "runtime",
-         "OnnxRuntimeModel": "runtime", "OpenVINOModel": "runtime", "TensorRTModel": "runtime",
-         "build_engine": "runtime", "load_exported": "runtime"}
+_LAZY = {"export_onnx": "onnx", "check_export_options": "onnx", "read_metadata": "contract",
+         "ExportedModel": "contract", "OnnxRuntimeModel": "runtime", "OpenVINOModel": "runtime",
+         "TensorRTModel": "tensorrt", "build_engine": "tensorrt", "load_exported": "runtime"}
 
 
 def __getattr__(name: str) -> Any:
@@ -66,7 +65,7 @@ def export(model: Any, path: str | Path | None = None, format: str = "onnx", thr
     under the final name.
     """
     from .onnx import check_export_options, export_onnx
-    from .runtime import build_engine
+    from .tensorrt import build_engine
 
     check_export_options(threshold, nms_threshold, opset)
     if int8 and format == "tensorrt":
@@ -94,18 +93,8 @@ def export(model: Any, path: str | Path | None = None, format: str = "onnx", thr
             quantize = quantize_onnx if format == "onnx" else quantize_openvino
             return quantize(onnx_file, target, calibration)
         if format == "openvino":
-            written = _write_openvino_ir(onnx_file, Path(tmp) / "model.xml")
-            pair = [(written.with_suffix(".bin"), target.with_suffix(".bin")), (written, target)]
-        else:
-            written = build_engine(onnx_file, Path(tmp) / "model.engine", half=half)
-            pair = [(written.with_suffix(".json"), target.with_suffix(".json")), (written, target)]
-        # The main file goes first and comes back last: a kill in between leaves no main file (never
-        # an old one beside new weights or metadata).
-        target.unlink(missing_ok=True)
-        for src, dst in pair:
-            if src.exists():
-                os.replace(src, dst)
-    return target
+            return _write_openvino_ir(onnx_file, target)
+        return build_engine(onnx_file, target, half=half)
 
 
 def _write_openvino_ir(onnx_path: Path, xml: Path) -> Path:
@@ -116,13 +105,14 @@ def _write_openvino_ir(onnx_path: Path, xml: Path) -> Path:
         raise ImportError('the openvino format needs OpenVINO: pip install "rtmo[openvino]"') from None
     import onnx
 
+    from .files import save_openvino_ir
+
     meta = {p.key: p.value for p in onnx.load(str(onnx_path), load_external_data=False).metadata_props}
     ov_model = ov.convert_model(str(onnx_path))
     for key, value in meta.items():
         ov_model.set_rt_info(value, [key])
-    ov.save_model(ov_model, str(xml), compress_to_fp16=False)
-    return xml
+    return save_openvino_ir(ov_model, xml)
 
 
-__all__ = ["export", "export_onnx", "output_path", "read_metadata", "OnnxRuntimeModel", "OpenVINOModel",
-           "TensorRTModel", "build_engine", "load_exported", "FORMATS"]
+__all__ = ["export", "export_onnx", "output_path", "read_metadata", "ExportedModel", "OnnxRuntimeModel",
+           "OpenVINOModel", "TensorRTModel", "build_engine", "load_exported", "FORMATS"]

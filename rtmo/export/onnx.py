@@ -1,11 +1,12 @@
-"""ONNX export of the whole RTMO pipeline, NMS and DCC included (the mmdeploy / rtmlib "end2end" contract).
+"""ONNX export of the whole RTMO pipeline, NMS and DCC included (the mmdeploy / rtmlib "end2end" contract):
+the network and `rtmo.decode` traced into one graph.
 
 Graph contract:
     input      `input`     float32 (B, 3, H, W), BGR 0..255, letterboxed with pad value 114
     output     `dets`      float32 (B, N, 5): x1, y1, x2, y2 (clamped to the input canvas), score
     output     `keypoints` float32 (B, N, K, 3): x, y in input pixels, visibility score
 
-How selection is done in the graph:
+How selection is done in the graph (`rtmo.decode`, the same code the PyTorch model runs):
   * candidates: `score > score_thr` and greedy NMS (suppress IoU > nms_thr, strict) through the standard
     ONNX `NonMaxSuppression` op, which ONNX Runtime, OpenVINO and TensorRT all implement. Its rules are
     mmpose's: score threshold strict `>`, suppression when IoU `>` the threshold, areas without +1,
@@ -14,7 +15,7 @@ How selection is done in the graph:
     are sorted per image (TopK, ties by lower index), and the first N = max kept count over the batch
     slots are gathered. Rows past an image's own count are padding: all zeros, score 0. N >= 1: a batch
     with no detection at all still returns one all-zero row, so consumers must filter on score > 0.
-  * the DCC runs on the B*N gathered rows (unclamped boxes, as mmpose), then padding rows are zeroed.
+  * the DCC runs on the kept rows (unclamped boxes, as mmpose), then padding rows are zeroed.
 Thresholds are baked in and recorded in the metadata (`score_thr`, `nms_thr`).
 """
 
@@ -30,96 +31,31 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..decode import MAX_KEPT, Decoder
 from ..nn.head import flatten_maps
-from ..ops.boxes import decode_boxes, grid_priors, nms, xyxy_to_cs
+from ..ops.boxes import grid_priors
 from ..ops.letterbox import PAD_VALUE
+from ..outputs import KeypointOutput
 from ..utils.fileio import atomic_path
-from .runtime import INPUT_NAME, METADATA_PREFIX, OUTPUT_NAMES, read_metadata  # noqa: F401 (contract)
+from .contract import INPUT_NAME, METADATA_PREFIX, OUTPUT_NAMES, read_metadata  # noqa: F401 (contract)
 
 
-class _NonMaxSuppression(torch.autograd.Function):
-    """Greedy NMS over (B, P, 4) boxes and (B, 1, P) scores -> (M, 3) [batch, class, box] int64.
-
-    Runs our reference `nms` eagerly (so tracing sees real data) and exports as ONNX `NonMaxSuppression`.
-    """
-
-    @staticmethod
-    def forward(ctx: Any, boxes: torch.Tensor, scores: torch.Tensor, max_out: int, iou_thr: float,
-                score_thr: float) -> torch.Tensor:
-        rows = []
-        for b in range(boxes.shape[0]):
-            s = scores[b, 0]
-            valid = torch.nonzero(s > score_thr).squeeze(1)
-            keep = valid[nms(boxes[b, valid], s[valid], iou_thr)][:max_out]
-            rows.append(torch.stack([torch.full_like(keep, b), torch.zeros_like(keep), keep], dim=1))
-        return torch.cat(rows) if rows else boxes.new_zeros((0, 3), dtype=torch.long)
-
-    @staticmethod
-    def symbolic(g: Any, boxes: Any, scores: Any, max_out: int, iou_thr: float, score_thr: float) -> Any:
-        return g.op("NonMaxSuppression", boxes, scores,
-                    g.op("Constant", value_t=torch.tensor([max_out], dtype=torch.long)),
-                    g.op("Constant", value_t=torch.tensor([iou_thr], dtype=torch.float32)),
-                    g.op("Constant", value_t=torch.tensor([score_thr], dtype=torch.float32)),
-                    center_point_box_i=0)
-
-
-class Decoder(nn.Module):
-    """Flattened head outputs -> (dets, keypoints): threshold + NMS, ranking, padding, DCC, clamping.
-
-    Split from the network so the selection/DCC graph can also be exported alone in float64, where ONNX
-    Runtime and PyTorch agree to ~1e-8 px (the parity tests use that to check this part exactly).
-    """
-
-    def __init__(self, model: nn.Module, score_thr: float, nms_thr: float, max_out: int = 100_000):
-        super().__init__()
-        self.dcc = model.head.dcc
-        self.num_keypoints, self.bbox_padding = model.config.num_keypoints, model.config.bbox_padding
-        self.score_thr, self.nms_thr, self.max_out = float(score_thr), float(nms_thr), int(max_out)
-
-    def forward(self, cls: torch.Tensor, bbox: torch.Tensor, vis: torch.Tensor, pose: torch.Tensor,
-                priors: torch.Tensor, strides: torch.Tensor, h: Any, w: Any
-                ) -> tuple[torch.Tensor, torch.Tensor]:
-        scores = cls.sigmoid()[..., 0]  # (B, P): one class
-        boxes = decode_boxes(bbox, priors, strides)  # (B, P, 4) unclamped
-        vis = vis.sigmoid()  # (B, P, K)
-        # NonMaxSuppression takes float32 only (a float64 graph is used by the parity tests).
-        sel = _NonMaxSuppression.apply(boxes.float(), scores[:, None].float(), self.max_out, self.nms_thr,
-                                       self.score_thr)
-        kept = torch.zeros_like(scores)
-        kept[sel[:, 0], sel[:, 2]] = 1.0
-        # Kept scores are > score_thr >= 0; everything else sorts below them at -1.
-        ranked = torch.where(kept > 0, scores, torch.full_like(scores, -1.0))
-        ranked, order = ranked.sort(dim=1, descending=True)
-        # At least one slot: an all-padding row keeps zero-size tensors out of the DCC, which some
-        # backends cannot reshape (ONNX Runtime fails on a (0, K) Reshape with -1).
-        n_max = kept.sum(dim=1).max().clamp(min=1)
-        # The first n_max slots, as an index tensor of data-dependent length (NonZero keeps it dynamic).
-        slots = torch.nonzero(torch.arange(scores.shape[1], device=scores.device) < n_max).squeeze(1)
-        order = order.index_select(1, slots)  # (B, N)
-        valid = ranked.index_select(1, slots) >= 0  # (B, N)
-
-        b_idx = torch.arange(scores.shape[0], device=scores.device)[:, None].expand_as(order)
-        det_boxes, det_scores = boxes[b_idx, order], scores[b_idx, order]  # (B, N, 4), (B, N)
-        det_vis, det_pose = vis[b_idx, order], pose[b_idx, order]
-        kpts = self.dcc(det_pose.reshape(-1, det_pose.shape[-1]),
-                        xyxy_to_cs(det_boxes.reshape(-1, 4), self.bbox_padding),
-                        priors[order].reshape(-1, 2)).reshape(det_boxes.shape[0], -1, self.num_keypoints, 2)
-        det_boxes = torch.stack([det_boxes[..., 0].clamp(0, w), det_boxes[..., 1].clamp(0, h),
-                                 det_boxes[..., 2].clamp(0, w), det_boxes[..., 3].clamp(0, h)], dim=-1)
-        dets = torch.cat([det_boxes, det_scores[..., None]], dim=-1)
-        keypoints = torch.cat([kpts, det_vis[..., None]], dim=-1)
-        dets = torch.where(valid[..., None], dets, torch.zeros_like(dets))
-        keypoints = torch.where(valid[..., None, None], keypoints, torch.zeros_like(keypoints))
-        return dets, keypoints
+def graph_outputs(out: KeypointOutput) -> tuple[torch.Tensor, torch.Tensor]:
+    """The decode step's output in the graph contract's layout: dets (B, N, 5) = box, score; keypoints
+    (B, N, K, 3) = x, y, visibility (padding rows are already zero)."""
+    return (torch.cat([out.pred_bboxes, out.scores[..., None]], dim=-1),
+            torch.cat([out.pred_keypoints, out.keypoint_scores[..., None]], dim=-1))
 
 
 class End2End(nn.Module):
-    """images -> (dets, keypoints) with selection in the graph; wraps (does not modify) an RTMO model."""
+    """images -> (dets, keypoints): the network and `rtmo.decode.Decoder` (the model's own post-processing,
+    at least one row) in one graph; wraps (does not modify) an RTMO model."""
 
-    def __init__(self, model: nn.Module, score_thr: float, nms_thr: float, max_out: int = 100_000):
+    def __init__(self, model: nn.Module, score_thr: float, nms_thr: float, max_out: int = MAX_KEPT):
         super().__init__()
         self.model = model
-        self.decoder = Decoder(model, score_thr, nms_thr, max_out)
+        self.decoder = Decoder(model.head.dcc, score_thr, nms_thr, model.config.bbox_padding, min_rows=1,
+                               max_out=max_out)
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         maps = self.model.forward_maps(images)
@@ -128,9 +64,10 @@ class End2End(nn.Module):
         cfg = self.model.config
         priors, strides = grid_priors(sizes, cfg.featmap_strides_pointgenerator, images.device,
                                       cfg.centralize_points_pointgenerator)
-        return self.decoder(flatten_maps(maps.cls), flatten_maps(maps.bbox), flatten_maps(maps.vis),
-                            flatten_maps(maps.pose), priors.to(images.dtype), strides.to(images.dtype),
-                            images.shape[2], images.shape[3])
+        return graph_outputs(self.decoder(flatten_maps(maps.cls), flatten_maps(maps.bbox),
+                                          flatten_maps(maps.vis), flatten_maps(maps.pose),
+                                          priors.to(images.dtype), strides.to(images.dtype),
+                                          images.shape[2], images.shape[3]))
 
 
 def metadata_for(model: nn.Module, score_thr: float, nms_thr: float) -> dict[str, str]:
@@ -269,9 +206,8 @@ def match_detections(ref_boxes: torch.Tensor, got_boxes: torch.Tensor) -> torch.
     return pair
 
 
-def compare_outputs(ref: dict[str, list[torch.Tensor]], got: dict[str, list[torch.Tensor]]
-                    ) -> dict[str, float]:
-    """Deviation of one backend's `predict_tensor` output from PyTorch's; raises if detections differ.
+def compare_outputs(ref: KeypointOutput, got: KeypointOutput) -> dict[str, float]:
+    """Deviation of one backend's `predict_batch` output from PyTorch's; raises if detections differ.
 
     Detections are paired by position first (`match_detections`). Why these bounds: a backend's
     convolutions round differently from PyTorch's (~1e-5 relative, measured 3e-3 px on boxes and 6e-5 on
@@ -283,8 +219,8 @@ def compare_outputs(ref: dict[str, list[torch.Tensor]], got: dict[str, list[torc
     """
     stats = {"box_px": 0.0, "score": 0.0, "kpt_px_median": 0.0, "kpt_px_p90": 0.0, "kpt_px_max": 0.0}
     # exported runtimes answer in numpy, the PyTorch model in tensors
-    ref = {k: [torch.as_tensor(x).cpu() for x in v] for k, v in ref.items()}
-    got = {k: [torch.as_tensor(x).cpu() for x in v] for k, v in got.items()}
+    ref = {k: [torch.as_tensor(x) for x in v] for k, v in ref.numpy().per_image_lists().items()}
+    got = {k: [torch.as_tensor(x) for x in v] for k, v in got.numpy().per_image_lists().items()}
     for b in range(len(ref["scores"])):
         n_ref, n_got = len(ref["scores"][b]), len(got["scores"][b])
         if n_ref != n_got:
@@ -326,8 +262,8 @@ def check_onnx(model: nn.Module, path: str | Path, images: list[Any] | None = No
     for i, img in enumerate(arrays):
         batch, _ = preprocess([img], tuple(model.input_size))
         try:
-            ref = model.predict_tensor(batch)
-            stats = compare_outputs(ref, ort_model.predict_tensor(batch))
+            ref = model.predict_batch(batch)
+            stats = compare_outputs(ref, ort_model.predict_batch(batch))
         except RuntimeError as e:
             raise RuntimeError(f"ONNX check of {path} failed on check image {i}: {e}") from None
         worst = {k: max(worst.get(k, 0.0), v) for k, v in stats.items()}

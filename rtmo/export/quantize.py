@@ -10,7 +10,7 @@ softmax turn small errors into pixel jumps), so selection and keypoint decoding 
 slightly different maps. Calibration images go through the same letterbox as inference; use a few dozen
 images like the deployment's. The result keeps the rtmo metadata (plus `precision: int8`) and opens with
 `ModelManager.get(out)` like any exported file. Files are written under a temporary name in the target
-folder and renamed when complete.
+folder and renamed when complete (`rtmo.utils.fileio.atomic_path`, `rtmo.export.files`).
 """
 
 from __future__ import annotations
@@ -18,13 +18,17 @@ from __future__ import annotations
 import json
 import logging
 import os
+import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .runtime import METADATA_PREFIX, OnnxRuntimeModel
+from ..utils.fileio import atomic_path
+from .contract import METADATA_PREFIX
+from .files import save_openvino_ir
+from .runtime import OnnxRuntimeModel
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
@@ -64,10 +68,6 @@ def _split_at_nms(proto: Any) -> tuple[list[Any], list[Any]]:
     return nodes[:cut], nodes[cut:]
 
 
-def _tmp_beside(path: Path, suffix: str) -> Path:
-    return path.with_name(f".{path.stem}.part{suffix}")
-
-
 def quantize_onnx(onnx_path: str | os.PathLike, out_path: str | os.PathLike,
                   calibration_images: str | os.PathLike | Iterable[str | os.PathLike],
                   per_channel: bool = True, limit: int = 300) -> Path:
@@ -104,10 +104,9 @@ def quantize_onnx(onnx_path: str | os.PathLike, out_path: str | os.PathLike,
             batch = next(self.it, None)
             return None if batch is None else {"input": batch}
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_beside(out, ".onnx")
-    tmp_src = _tmp_beside(out, ".fp32.onnx")
-    try:
+    # The fp32 graph (maybe converted to opset 13) is quantize_static's input file: a scratch folder beside.
+    with atomic_path(out) as tmp, tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as work:
+        tmp_src = Path(work) / "fp32.onnx"
         onnx.save(proto, str(tmp_src))
         quantize_static(str(tmp_src), str(tmp), Reader(), quant_format=QuantFormat.QDQ,
                         op_types_to_quantize=["Conv", "MatMul"], nodes_to_exclude=sorted(keep_float),
@@ -120,11 +119,6 @@ def quantize_onnx(onnx_path: str | os.PathLike, out_path: str | os.PathLike,
         q.metadata_props.add(key=METADATA_PREFIX + "precision", value=json.dumps("int8"))
         q.metadata_props.add(key=METADATA_PREFIX + "calibration_images", value=json.dumps(len(files)))
         onnx.save(q, str(tmp))
-        os.replace(tmp, out)
-    finally:
-        for t in (tmp, tmp_src):
-            if t.exists():
-                t.unlink()
     return out
 
 
@@ -161,18 +155,7 @@ def quantize_openvino(onnx_path: str | os.PathLike, out_xml: str | os.PathLike,
     for k, v in props.items():
         if k.startswith(METADATA_PREFIX):
             quantized.set_rt_info(v, k)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp_xml = _tmp_beside(out, ".xml")
-    tmp_bin = tmp_xml.with_suffix(".bin")
-    try:
-        ov.save_model(quantized, str(tmp_xml), compress_to_fp16=False)  # fp16 weights would move results
-        os.replace(tmp_bin, out.with_suffix(".bin"))
-        os.replace(tmp_xml, out)
-    finally:
-        for t in (tmp_xml, tmp_bin):
-            if t.exists():
-                t.unlink()
-    return out
+    return save_openvino_ir(quantized, out)
 
 
 __all__ = ["quantize_onnx", "quantize_openvino", "calibration_files", "calibration_batches"]

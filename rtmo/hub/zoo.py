@@ -26,6 +26,7 @@ from ..utils.downloads import (  # noqa: F401 - re-exported: rtmo.hub.zoo is whe
 if TYPE_CHECKING:
     import torch
 
+    from ..infer.backend import PoseBackend
     from ..model import RTMO
 
 log = logging.getLogger(__name__)
@@ -242,8 +243,8 @@ class ModelManager:
     def get(name_or_path: str | os.PathLike, device: Any = None, config: RTMOConfig | None = None,
             input_size: tuple[int, int] | None = None, download: bool = True, progress: bool = True,
             backend: str | None = None, num_threads: int | None = None, precision: str = "fp32",
-            fast: bool = False) -> Any:
-        """A ready model in eval mode.
+            fast: bool = False) -> PoseBackend:
+        """A ready model in eval mode (a `rtmo.infer.backend.PoseBackend`).
 
         Checkpoints (registry names, .pth): an `RTMO` on `device` (None: CUDA when available, else CPU),
         at `precision` 'fp32' | 'bf16' | 'fp16' (see `RTMO.set_precision`; `fast=True`: fused, channels-last

@@ -5,21 +5,25 @@ must run where torch is not installed."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..ops.checks import check_fraction
 from ..ops.letterbox import letterbox, to_image_coords
+from ..outputs import KeypointOutput
 from .image import load_image
 from .results import PoseResult
+
+if TYPE_CHECKING:
+    from .backend import PoseBackend
 
 
 def preprocess(images: list[np.ndarray], input_size: tuple[int, int]
                ) -> tuple[np.ndarray, list[tuple[np.ndarray, np.ndarray]]]:
     """BGR uint8 images -> float32 (B,3,H,W) 0..255 numpy batch and per-image (centre, scale).
 
-    Every model's `predict_tensor` takes this array (the PyTorch model moves it to its device)."""
+    Every model's `predict_batch` takes this array (the PyTorch model moves it to its device)."""
     canvases, metas = [], []
     for img in images:
         canvas, center, scale = letterbox(img, input_size)
@@ -30,31 +34,25 @@ def preprocess(images: list[np.ndarray], input_size: tuple[int, int]
     return batch, metas
 
 
-def _array(x: Any) -> np.ndarray:
-    """A model output (torch tensor on any device, or numpy array) as a numpy array."""
-    return x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
-
-
-def postprocess(out: dict[str, list[Any]], metas: list[tuple[np.ndarray, np.ndarray]],
-                shapes: list[tuple[int, int]], input_size: tuple[int, int], model: Any,
+def postprocess(out: KeypointOutput, metas: list[tuple[np.ndarray, np.ndarray]],
+                shapes: list[tuple[int, int]], input_size: tuple[int, int], model: PoseBackend,
                 paths: list[str | None] | None = None) -> list[PoseResult]:
+    """A batch's `KeypointOutput` (network-input pixels) -> one `PoseResult` per image, in image pixels."""
     results = []
-    for b, (center, scale) in enumerate(metas):
-        boxes = _array(out["pred_bboxes"][b])
-        kpts = _array(out["pred_keypoints"][b])
-        boxes = to_image_coords(boxes.reshape(-1, 2, 2), center, scale, input_size).reshape(-1, 4)
-        kpts = to_image_coords(kpts, center, scale, input_size)
+    for b, ((center, scale), det) in enumerate(zip(metas, out.numpy().per_image())):
+        boxes = to_image_coords(det["pred_bboxes"].reshape(-1, 2, 2), center, scale, input_size)
+        boxes = boxes.reshape(-1, 4)
+        kpts = to_image_coords(det["pred_keypoints"], center, scale, input_size)
         results.append(PoseResult(
-            boxes=boxes, scores=_array(out["scores"][b]),
-            class_ids=_array(out["labels"][b]).astype(np.int64), keypoints=kpts,
-            keypoint_scores=_array(out["keypoint_scores"][b]), image_shape=shapes[b],
+            boxes=boxes, scores=det["scores"], class_ids=det["labels"].astype(np.int64), keypoints=kpts,
+            keypoint_scores=det["keypoint_scores"], image_shape=shapes[b],
             keypoint_info=model.keypoint_info, class_names=model.class_names,
             path=None if paths is None else paths[b],
         ))
     return results
 
 
-def infer_arrays(model: Any, images: list[np.ndarray], threshold: float | None = None,
+def infer_arrays(model: PoseBackend, images: list[np.ndarray], threshold: float | None = None,
                  nms_threshold: float | None = None, paths: list[str | None] | None = None
                  ) -> list[PoseResult]:
     """Batched inference on already-decoded BGR uint8 images."""
@@ -64,12 +62,13 @@ def infer_arrays(model: Any, images: list[np.ndarray], threshold: float | None =
         return []
     input_size = tuple(model.input_size)
     batch, metas = preprocess(images, input_size)
-    out = model.predict_tensor(batch, threshold, nms_threshold)
+    out = model.predict_batch(batch, threshold, nms_threshold)
     return postprocess(out, metas, [im.shape[:2] for im in images], input_size, model, paths)
 
 
-def infer(model: Any, image: Any, threshold: float | None = None, nms_threshold: float | None = None
+def infer(model: PoseBackend, image: Any, threshold: float | None = None, nms_threshold: float | None = None
           ) -> PoseResult | list[PoseResult]:
+    """Poses in one image (path, URL, BGR ndarray or PIL image) or a list of them: `model.infer`."""
     check_fraction(threshold, "threshold")  # before decoding anything
     check_fraction(nms_threshold, "nms_threshold")
     single = not isinstance(image, (list, tuple))

@@ -61,7 +61,6 @@ class SourceInfo:
     group: int  # results with the same group form one sequence (all images, or one video)
     index: int  # position of the image in the image set, or of the frame in its video
     fps: float | None = None  # of the output sequence (source fps / vid_stride), videos only
-    frame_size: tuple[int, int] | None = None  # (w, h), videos only
 
 
 # ------------------------------------------------------------------------------------------ resolving
@@ -287,7 +286,6 @@ class FrameReader:
                 return
             fps = cap.get(cv2.CAP_PROP_FPS) or 0.0
             fps = fps if 0 < fps < 1000 else None
-            size = (int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)))
             out_fps = fps / self.vid_stride if fps else None
             t0, read, taken = time.monotonic(), 0, 0
             while not self._stop.is_set():
@@ -301,7 +299,7 @@ class FrameReader:
                 # Files: media time from the frame index (exact, unlike CAP_PROP_POS_MSEC on some backends);
                 # live sources: seconds since opening.
                 ts = index / fps if (fps and not item.live) else time.monotonic() - t0
-                info = SourceInfo(item.kind, item.name, group, index, out_fps, size)
+                info = SourceInfo(item.kind, item.name, group, index, out_fps)
                 if self._put(_Frame(frame, item.name if item.kind == "video" else None, info, ts),
                              drop_if_full=item.live):
                     taken += 1

@@ -24,6 +24,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from ..ops.boxes_np import iou_matrix
+from ..ops.oks_np import oks_matrix
 from .results import PoseResult
 
 try:  # exact and fast; optional because the tracker must work with numpy alone
@@ -55,36 +57,6 @@ class TrackerConfig:
             raise ValueError(f"oks_weight must be in [0, 1], got {self.oks_weight}")
         if self.min_hits < 1 or self.max_age < 0:
             raise ValueError(f"need min_hits >= 1 and max_age >= 0, got {self.min_hits}, {self.max_age}")
-
-
-# ------------------------------------------------------------------------------------------ geometry
-
-
-def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """(n,4) x (m,4) xyxy boxes -> (n,m) IoU."""
-    a = np.asarray(a, np.float64).reshape(-1, 4)
-    b = np.asarray(b, np.float64).reshape(-1, 4)
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])
-    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.prod(np.clip(rb - lt, 0, None), axis=-1)
-    area_a = np.prod(np.clip(a[:, 2:] - a[:, :2], 0, None), axis=-1)
-    area_b = np.prod(np.clip(b[:, 2:] - b[:, :2], 0, None), axis=-1)
-    union = area_a[:, None] + area_b[None, :] - inter
-    return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
-
-
-def oks_matrix(kpts_a: np.ndarray, valid_a: np.ndarray, areas_a: np.ndarray, kpts_b: np.ndarray,
-               valid_b: np.ndarray, sigmas: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """COCO object keypoint similarity between people `a` (the reference: their box areas set the scale)
-    and people `b`, over the keypoints valid in both. Returns (n,m) OKS and an (n,m) mask of pairs with at
-    least one shared valid keypoint (OKS is undefined elsewhere and set to 0)."""
-    var = (2.0 * np.asarray(sigmas, np.float64)) ** 2  # COCO's per-keypoint variance
-    d2 = np.sum((kpts_a[:, None] - kpts_b[None]) ** 2, axis=-1)  # (n,m,K)
-    e = d2 / (2.0 * var * np.maximum(areas_a, 1.0)[:, None, None])
-    both = valid_a[:, None, :] & valid_b[None, :, :]
-    count = both.sum(-1)
-    oks = np.where(count > 0, (np.exp(-e) * both).sum(-1) / np.maximum(count, 1), 0.0)
-    return oks, count > 0
 
 
 # ---------------------------------------------------------------------------------------- assignment
@@ -328,8 +300,3 @@ class Tracker:
         out = result.select(np.arange(n))
         out.track_ids = ids
         return out
-
-    @property
-    def active_ids(self) -> list[int]:
-        """Ids of confirmed tracks matched in the latest frame."""
-        return [t.track_id for t in self.tracks if t.confirmed and t.last_frame == self.frame]

@@ -6,6 +6,7 @@
   by K instead (see `rtmo.train.losses.oks_loss`).
 
 Both broadcast over leading dimensions: pass (P,1,K,2) predictions and (1,G,K,2) targets for a matrix.
+The numpy twin the tracker uses (no torch needed) is `rtmo.ops.oks_np.oks_matrix`.
 """
 
 from __future__ import annotations

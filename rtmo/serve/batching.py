@@ -3,7 +3,7 @@
 Requests are queued; the worker takes the first one, then keeps collecting until it holds `max_batch`
 images or `timeout_ms` has passed since that first one arrived, and runs them as one batch through
 `infer_arrays` (letterbox every image to the model's input size, one forward pass, back to image pixels).
-Only requests with the same thresholds can share a pass (`predict_tensor` takes one threshold for the
+Only requests with the same thresholds can share a pass (`predict_batch` takes one threshold for the
 batch), so a collected batch is split by (threshold, nms_threshold).
 
 One thread owns the model: backends need not be thread-safe and a second thread would only compete for the

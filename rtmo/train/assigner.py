@@ -1,4 +1,4 @@
-"""Pose-aware SimOTA label assignment, as mmpose's `SimOTAAssigner` configured for RTMO (reference §10.5).
+"""Pose-aware SimOTA label assignment, as mmpose's `SimOTAAssigner` configured for RTMO.
 
 One image at a time, without gradient. Every step follows mmpose's operation order so that float32 costs
 come out identical: the discrete decisions (dynamic k, top-k, conflicts) then match exactly.

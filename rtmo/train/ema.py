@@ -1,4 +1,4 @@
-"""Exponential moving average of the weights: mmengine's `ExpMomentumEMA`, `update_buffers=True` (§10.10)."""
+"""Exponential moving average of the weights: mmengine's `ExpMomentumEMA`, `update_buffers=True`."""
 
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
-"""RTMO's training losses, exact to mmpose's `RTMOHead.loss` (reference §10.4-10.7).
+"""RTMO's training criterion, exact to mmpose's `RTMOHead.loss`: SimOTA assignment and the five losses.
 
-Entry point: `Criterion(LossConfig(...))`, set as `model.criterion` (the trainer sets a new one at each stage
-switch); `RTMO.forward(images, targets)` calls it. `compute_losses(model, images, targets, cfg)` is the same
-as a function.
+Entry point: `Criterion.from_recipe(recipe, epoch)`, the losses of the stage `epoch` is in. The trainer owns
+it and sets it as `model.criterion` at each stage switch; `RTMO.forward(images, targets)` calls it.
+`compute_losses(model, images, targets, criterion)` is the same as a function returning the dict.
 
 Terms (all in one dict, as mmpose logs them): `loss_cls` (VariFocal over all priors), `loss_bbox` (IoU²),
 `loss_vis` (BCE), `loss_oks` (proxy keypoints), `loss_mle` (DCC coordinate classification with learned
@@ -16,62 +16,19 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 
 from ..nn.head import HeadMaps, flatten_maps
 from ..ops.boxes import decode_boxes, xyxy_to_cs
 from ..ops.oks import keypoint_oks, pose_oks
 from ..outputs import RTMOLoss
+from ..utils.dist import reduce_mean
 from .assigner import SimOTAConfig, simota_assign
+from .recipes import LossStage, TrainRecipe
 
-
-@dataclass
-class LossConfig:
-    """Loss weights and switches of one training stage. Defaults = stage 1 of RTMO-t/s (COCO, body7).
-
-    Use `LossConfig.preset(variant, dataset, stage)` for the official values of any config and stage:
-    stage 2 = after `RTMOModeSwitchHook` (proxy_target_cc, mle 5, oks 10; m/l/CrowdPose also cls 2 and
-    overlaps_power 1), stage 3 = stage 2 + `use_aux_loss` (last epochs; also feed `Targets.heatmap_mask`).
-    """
-
-    cls_weight: float = 1.0
-    bbox_weight: float = 5.0
-    vis_weight: float = 1.0
-    oks_weight: float = 30.0
-    mle_weight: float = 1.0
-    bbox_aux_weight: float = 1.0  # only used when use_aux_loss
-    overlaps_power: float = 0.5  # VariFocal target = overlap ** power
-    proxy_target_cc: bool = False  # stage 2: proxy keypoints regress to the DCC's keypoints
-    use_aux_loss: bool = False  # stage 3: L1 on raw box outputs
-    use_keypoints_for_center: bool = True  # SimOTA centre region at the mean visible keypoint (t/s)
-    vfl_alpha: float = 0.75
-    vfl_gamma: float = 2.0
-
-    @classmethod
-    def preset(cls, variant: str = "s", dataset: str = "coco", stage: int = 1) -> LossConfig:
-        """Official settings of `rtmo-{variant}` trained on `dataset` ('coco', 'body7', 'crowdpose')."""
-        if variant not in ("t", "s", "m", "l"):
-            raise ValueError(f"unknown RTMO variant {variant!r}; expected t, s, m or l")
-        if dataset not in ("coco", "body7", "crowdpose"):
-            raise ValueError(f"unknown dataset {dataset!r}; expected coco, body7 or crowdpose")
-        if stage not in (1, 2, 3):
-            raise ValueError(f"stage must be 1, 2 or 3, got {stage!r}")
-        small = variant in ("t", "s") and dataset != "crowdpose"
-        mle1 = 1.0 if small else (1e-3 if dataset == "crowdpose" else 1e-2)
-        cfg = cls(mle_weight=mle1, use_keypoints_for_center=small)
-        if stage >= 2:
-            cfg = cfg.stage2(large=not small)
-        return cfg.stage3() if stage == 3 else cfg
-
-    def stage2(self, large: bool = False) -> LossConfig:
-        """What `RTMOModeSwitchHook` sets (`large`: the m/l and CrowdPose configs' extra changes)."""
-        extra = {"overlaps_power": 1.0, "cls_weight": 2.0} if large else {}
-        return dataclasses.replace(self, proxy_target_cc=True, mle_weight=5.0, oks_weight=10.0, **extra)
-
-    def stage3(self) -> LossConfig:
-        """What `YOLOXPoseModeSwitchHook` sets on the head."""
-        return dataclasses.replace(self, use_aux_loss=True)
+# VariFocal loss of the classification branch (mmpose's defaults, the same in every official config)
+VFL_ALPHA = 0.75
+VFL_GAMMA = 2.0
 
 
 @dataclass
@@ -124,7 +81,11 @@ def varifocal_loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.Ten
 
 
 def iou_square_loss(pred: torch.Tensor, target: torch.Tensor, eps: float = 1e-16) -> torch.Tensor:
-    """Summed 1 - IoU² of aligned xyxy boxes (union floored at 1e-6, IoU at eps)."""
+    """Summed 1 - IoU² of aligned xyxy boxes (union floored at 1e-6, IoU at eps).
+
+    The element-wise IoU of `rtmo.ops.boxes.box_iou` for aligned pairs. Not that function itself: it is
+    pairwise (a (P,P) matrix), and running it per pair through `torch.vmap` gives the same values but
+    gradients that differ in the last float32 bits (relative 2e-6), which would change training runs."""
     area_p = (pred[:, 2] - pred[:, 0]) * (pred[:, 3] - pred[:, 1])
     area_t = (target[:, 2] - target[:, 0]) * (target[:, 3] - target[:, 1])
     lt = torch.max(pred[:, :2], target[:, :2])
@@ -171,52 +132,44 @@ def mle_loss(hms: tuple[torch.Tensor, torch.Tensor], targets: tuple[torch.Tensor
     return (loss * weight).mean(dim=1)
 
 
-def reduce_mean(x: torch.Tensor) -> torch.Tensor:
-    """All-reduce mean over processes (identity without torch.distributed)."""
-    if not (dist.is_available() and dist.is_initialized()):
-        return x
-    x = x.clone()
-    dist.all_reduce(x.div_(dist.get_world_size()))
-    return x
+# ----------------------------------------------------------------------------------------- the criterion
+@dataclass
+class Criterion(LossStage):
+    """The losses of one training stage: `criterion(model, images, targets) -> RTMOLoss`.
 
+    Holds the stage's loss weights and head switches (the recipe's `LossStage` fields: stage 1 until the
+    head switch, stage 2 after it) and what the recipe's `[loss]` table adds: the auxiliary L1 box loss,
+    on from the data switch, and SimOTA's centre prior. `Criterion()` is stage 1 of RTMO-t/s."""
 
-# ----------------------------------------------------------------------------------------- the head loss
-def _as_config(cfg: Any) -> LossConfig:
-    if cfg is None:
-        return LossConfig()
-    if isinstance(cfg, LossConfig):
-        return cfg
-    if isinstance(cfg, dict):
-        unknown = set(cfg) - {f.name for f in dataclasses.fields(LossConfig)}
-        if unknown:
-            raise ValueError(f"unknown loss settings {sorted(unknown)}")
-        return LossConfig(**cfg)
-    raise TypeError(f"loss config must be a LossConfig or dict, got {type(cfg).__name__}")
+    use_aux_loss: bool = False  # the last epochs: L1 on the raw box outputs
+    bbox_aux_weight: float = 1.0
+    use_keypoints_for_center: bool = True  # SimOTA centre region at the mean visible keypoint (t/s)
+
+    @classmethod
+    def from_recipe(cls, recipe: TrainRecipe, epoch: int) -> Criterion:
+        """The criterion in force during 0-based `epoch` (both switches act before their epoch)."""
+        loss, sched = recipe.loss, recipe.schedule
+        stage = loss.stage2 if epoch >= sched.head_switch_epoch else loss.stage1
+        return cls(**dataclasses.asdict(stage), use_aux_loss=epoch >= sched.data_switch_epoch,
+                   bbox_aux_weight=loss.bbox_aux_weight,
+                   use_keypoints_for_center=loss.use_keypoints_for_center)
+
+    def __call__(self, model: torch.nn.Module, images: torch.Tensor, targets: list[Targets]) -> RTMOLoss:
+        return RTMOLoss.from_dict(compute_losses(model, images, targets, self))
 
 
 def compute_losses(model: torch.nn.Module, images: torch.Tensor, targets: list[Targets],
-                   cfg: LossConfig | None = None) -> dict[str, torch.Tensor]:
+                   criterion: Criterion | None = None) -> dict[str, torch.Tensor]:
     """Forward `images` (B,3,H,W float BGR) through `model` and return the loss dict (see module doc)."""
     if not isinstance(targets, (list, tuple)) or len(targets) != images.shape[0]:
         n = len(targets) if hasattr(targets, "__len__") else "?"
         got = f"{type(targets).__name__} of length {n}"
         raise ValueError(f"targets must be a list with one Targets per image ({images.shape[0]}), got {got}")
-    cfg = _as_config(cfg)
     maps = model.forward_maps(images, with_kpt_reg=True)
-    return head_losses(model, maps, targets, cfg)
+    return head_losses(model, maps, targets, criterion or Criterion())
 
 
-class Criterion:
-    """The losses of one training stage: `criterion(model, images, targets) -> RTMOLoss`."""
-
-    def __init__(self, cfg: LossConfig | None = None):
-        self.cfg = cfg or LossConfig()
-
-    def __call__(self, model: torch.nn.Module, images: torch.Tensor, targets: list[Targets]) -> RTMOLoss:
-        return RTMOLoss.from_dict(compute_losses(model, images, targets, self.cfg))
-
-
-def head_losses(model: torch.nn.Module, maps: HeadMaps, targets: list[Targets], cfg: LossConfig,
+def head_losses(model: torch.nn.Module, maps: HeadMaps, targets: list[Targets], cfg: Criterion,
                 pos_pose_vecs: torch.Tensor | None = None, return_details: bool = False
                 ) -> dict[str, Any]:
     """Assignment + losses from raw head maps (what mmpose's `RTMOHead.loss` does after its forward).
@@ -288,7 +241,7 @@ def head_losses(model: torch.nn.Module, maps: HeadMaps, targets: list[Targets], 
             l1 = (bbox_raw[pos_b, pos_p] - aux_t).abs().sum()
             losses["loss_bbox_aux"] = cfg.bbox_aux_weight * l1 / num_total
             details["bbox_aux_target"] = aux_t
-        # visibility weights are all ones: mmpose never packs keypoints_visible_weights (§10.4)
+        # visibility weights are all ones: mmpose never packs keypoints_visible_weights
         losses["loss_vis"] = cfg.vis_weight * F.binary_cross_entropy_with_logits(
             vis[pos_b, pos_p], vis_t, reduction="none").mean()
         kpt_reg = kpts[pos_b, pos_p]
@@ -323,7 +276,7 @@ def head_losses(model: torch.nn.Module, maps: HeadMaps, targets: list[Targets], 
             losses["loss_bbox_aux"] = zero
 
     losses["loss_cls"] = cfg.cls_weight * varifocal_loss(
-        cls.reshape(-1), cls_target, obj_w, cfg.vfl_alpha, cfg.vfl_gamma) / num_total
+        cls.reshape(-1), cls_target, obj_w, VFL_ALPHA, VFL_GAMMA) / num_total
     # mmpose's dict order, so that the float32 total is summed in the same order
     order = ("loss_bbox", "loss_bbox_aux", "loss_vis", "loss_mle", "loss_oks", "loss_cls")
     out: dict[str, Any] = {name: losses[name] for name in order if name in losses}

@@ -1,4 +1,4 @@
-"""AdamW with the reference's parameter groups (§10.8) and the warm-up/cosine/bump schedule (§10.9)."""
+"""AdamW with the official configs' parameter groups and the warm-up/cosine/bump/cosine schedule."""
 
 from __future__ import annotations
 
@@ -54,7 +54,7 @@ def build_optimizer(model: nn.Module, cfg: OptimRecipe, total_batch: int | None 
 def lr_at(base: float, it: int, epoch: int, epoch_len: int, cfg: ScheduleRecipe) -> float:
     """The lr of a group with base lr `base` at global iteration `it` (0-based) during `epoch`.
 
-    Closed form of mmengine's chained schedulers (§10.9): QuadraticWarmupLR and both CosineAnnealingLRs are
+    Closed form of mmengine's chained schedulers: QuadraticWarmupLR and both CosineAnnealingLRs are
     iteration-based (`convert_to_iter_based`, with the epoch length `epoch_len` of the *first* train loader,
     as mmengine converts once), the x`bump_factor` ConstantLR is epoch-based and never restored. Each cosine
     starts from the lr its group has when it begins and runs with steps counted from its own `begin`;

@@ -1,7 +1,9 @@
 """Training recipes: every hyper-parameter of an official RTMO config as a typed dataclass, loaded from TOML.
 
-The TOML files in `rtmo/recipes/` mirror mmpose's `configs/body_2d_keypoint/rtmo/**.py` (reference §1.5,
-§10). A recipe is plain data: the trainer reads it, nothing here decides behaviour.
+The TOML files in `rtmo/recipes/` mirror mmpose's `configs/body_2d_keypoint/rtmo/**.py`. A recipe is the one
+training configuration: the data pipeline, the criterion of each stage, the optimiser, schedule and trainer
+are all built from it. Besides the dataclasses this module holds the recipe's arithmetic: which stage an
+epoch is in (`data_stage`, `val_due`) and a schedule rescaled to fewer epochs (`scale_epochs`).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ RECIPE_DIR = Path(__file__).resolve().parents[1] / "recipes"
 
 @dataclass
 class DatasetSpec:
-    """One annotation source. `ratio` is body7's per-dataset resampling factor (§1.7); `mapping` names the
+    """One annotation source. `ratio` is body7's per-dataset resampling factor; `mapping` names the
     keypoint conversion to the target set (identity when empty)."""
 
     name: str = "coco"
@@ -52,7 +54,8 @@ class DataRecipe:
 
 @dataclass
 class AugmentRecipe:
-    """Stage-1 (Mosaic/affine/MixUp) and stage-2 (letterbox affine) augmentation, §10.1-10.3."""
+    """Stage-1 (Mosaic/affine/MixUp) and stage-2 (letterbox affine) augmentation and the batch-level random
+    resize (`rtmo.train.data.transforms`, `rtmo.train.data.batch`)."""
 
     pad_val: int = 114
     mosaic_prob: float = 1.0
@@ -67,19 +70,20 @@ class AugmentRecipe:
     hsv_gains: tuple[int, int, int] = (5, 30, 30)
     flip_prob: float = 0.5
     # stage 2: "none" = pure letterbox (all probabilities 0); "default" = the class defaults that the m/l
-    # COCO/body7 configs leave active (shift 0.2, scale (0.75, 1.5), rotate 30, trunc-normal), §10.2.
+    # COCO/body7 configs leave active (shift 0.2, scale (0.75, 1.5), rotate 30, trunc-normal).
     stage2_affine: str = "none"
     stage2_affine_shift: float = 0.2
     stage2_affine_rotate: float = 30.0
     stage2_affine_scale: tuple[float, float] = (0.75, 1.5)
-    # BatchSyncRandomResize, §10.3: a new square size in [lo, hi] (multiples of `size_divisor`) per batch
+    # BatchSyncRandomResize: a new square size in [lo, hi] (multiples of `size_divisor`) per batch
     multiscale_range: tuple[int, int] = (480, 800)
     size_divisor: int = 32
 
 
 @dataclass
 class LossStage:
-    """Loss weights and head switches of one head stage (§10.6.7)."""
+    """Loss weights and head switches of one head stage: `stage1` until `schedule.head_switch_epoch`, then
+    `stage2` (what mmpose's RTMOModeSwitchHook sets). `rtmo.train.losses.Criterion` extends it."""
 
     cls_weight: float = 1.0
     overlaps_power: float = 0.5
@@ -101,7 +105,7 @@ class LossRecipe:
 
 @dataclass
 class OptimRecipe:
-    """AdamW with the reference's parameter groups and gradient clipping, §10.8."""
+    """AdamW with the official parameter groups and gradient clipping (`rtmo.train.optim`)."""
 
     lr: float = 0.004
     weight_decay: float = 0.05
@@ -115,7 +119,7 @@ class OptimRecipe:
 
 @dataclass
 class ScheduleRecipe:
-    """Warm-up, cosine, x2.5 bump, cosine, constant (§10.9), in epochs (converted with the epoch length)."""
+    """Warm-up, cosine, x2.5 bump, cosine, constant, in epochs (converted with the epoch length)."""
 
     epochs: int = 600
     warmup_epochs: int = 5
@@ -213,6 +217,8 @@ class TrainRecipe:
         sizes = range(-(-lo // a.size_divisor) * a.size_divisor, hi + 1, a.size_divisor)
         need(all(v % 32 == 0 for v in sizes[:2]), "augment.size_divisor", a.size_divisor,
              f"multi-scale sizes {list(sizes[:3])}... must be multiples of 32 (the network's largest stride)")
+        need(a.stage2_affine in ("none", "default"), "augment.stage2_affine", a.stage2_affine,
+             "must be 'none' or 'default'")
         for name in ("mosaic_prob", "mixup_prob", "mixup_flip", "flip_prob"):
             v = getattr(a, name)
             need(0.0 <= v <= 1.0, f"augment.{name}", v, "must be a probability in [0, 1]")
@@ -279,6 +285,61 @@ class TrainRecipe:
 
 def list_recipes() -> list[str]:
     return sorted(p.stem for p in RECIPE_DIR.glob("*.toml"))
+
+
+# ----------------------------------------------------------------------------------------- arithmetic
+def data_stage(recipe: TrainRecipe, epoch: int) -> int:
+    """The data pipeline of 0-based `epoch`: 1 (Mosaic/MixUp) or 2 (the last epochs, from the data switch:
+    mmpose's YOLOXPoseModeSwitchHook, which acts before the epoch)."""
+    return 2 if epoch >= recipe.schedule.data_switch_epoch else 1
+
+
+def val_due(recipe: TrainRecipe, epoch: int) -> bool:
+    """Whether validation runs after 0-based `epoch`: every `val_interval` epochs, the last epoch, and every
+    epoch once mmengine's `dynamic_intervals` milestone is reached. mmengine picks the interval for the
+    epoch count *plus one* (`bisect(milestones, epoch + 1)` with `epoch` already advanced), so with the
+    milestone at 580 it validates after epoch 579 already (669 for the 700-epoch CrowdPose recipes)."""
+    rt, done = recipe.runtime, epoch + 1
+    return (done % rt.val_interval == 0 or done + 1 >= rt.val_every_epoch_from
+            or done == recipe.schedule.epochs)
+
+
+def scale_epochs(recipe: TrainRecipe, epochs: int) -> TrainRecipe:
+    """The recipe with its epoch milestones rescaled to `epochs` total (short runs with the same shape).
+
+    Milestones keep their order (warm-up, then the first cosine, the bump, the second cosine), each phase
+    at least an epoch long where the run has room, and the learning rate is capped at its base value
+    (`schedule.cap_at_base`): with few iterations the first cosine cannot decay before the x2.5 bump, which
+    would otherwise lift the LR above base. Interval checkpoints are scaled too, but a short run never
+    writes one per epoch: below 2 epochs the interval is 0 (only last.pth and best.pth are written).
+    """
+    if not isinstance(epochs, int) or epochs < 1:
+        raise ValueError(f"epochs must be an integer >= 1, got {epochs!r}")
+    s, rt = recipe.schedule, recipe.runtime
+    f = epochs / s.epochs
+
+    def e(v: int) -> int:
+        return int(round(v * f))
+
+    warm = max(e(s.warmup_epochs), 1 if epochs > 1 else 0)
+    b1 = max(e(s.cosine1[0]), warm)  # the official first cosine starts where warm-up ends
+    e1 = max(e(s.cosine1[1]), min(b1 + 1, epochs))
+    t1 = max(e(s.cosine1[2]), e1 - b1, 1)
+    bump = max(e(s.bump_epoch), e1)
+    b2 = max(e(s.cosine2[0]), bump)
+    e2 = max(e(s.cosine2[1]), b2)
+    t2 = max(e(s.cosine2[2]), 1)
+    interval = e(rt.checkpoint_interval) if rt.checkpoint_interval > 0 else 0
+    return recipe.with_overrides(**{
+        "schedule.epochs": epochs, "schedule.warmup_epochs": warm,
+        "schedule.cosine1": [b1, e1, t1], "schedule.bump_epoch": bump, "schedule.cosine2": [b2, e2, t2],
+        "schedule.head_switch_epoch": e(s.head_switch_epoch),
+        "schedule.num_last_epochs": min(e(s.num_last_epochs), epochs - 1),
+        "schedule.cap_at_base": True,
+        "runtime.val_interval": max(e(rt.val_interval), 1),
+        "runtime.val_every_epoch_from": e(rt.val_every_epoch_from),
+        "runtime.checkpoint_interval": interval if interval >= 2 else 0,
+    })
 
 
 def _build(cls: type, d: Any, where: str) -> Any:

@@ -64,13 +64,14 @@ def barrier() -> None:
         dist.barrier()
 
 
-def all_reduce_mean(t: torch.Tensor) -> torch.Tensor:
-    """Mean over ranks (a copy; the input is left alone)."""
+def reduce_mean(x: torch.Tensor) -> torch.Tensor:
+    """Mean over ranks in mmdet's `reduce_mean` order (each rank divides by the world size, then the sum),
+    which the losses' positive count needs to match mmpose bit for bit; `x` itself on one process."""
     if not is_dist():
-        return t
-    t = t.detach().clone()
-    dist.all_reduce(t, op=dist.ReduceOp.SUM)
-    return t / dist.get_world_size()
+        return x
+    x = x.clone()
+    dist.all_reduce(x.div_(dist.get_world_size()))
+    return x
 
 
 def broadcast_object(obj: Any, src: int = 0) -> Any:

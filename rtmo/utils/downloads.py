@@ -11,7 +11,6 @@ import hashlib
 import logging
 import os
 import re
-import tempfile
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .checkpoint import CheckpointError
+from .fileio import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -115,12 +115,36 @@ def manual_hint(entry: Any, dest: Path) -> str:
             f"  (or set {CACHE_ENV} to the folder that holds it, or pass the .pth path instead of the name).")
 
 
+class _ChecksumMismatch(Exception):
+    pass
+
+
+def _fetch(open_url: Any, url: str, path: Path, progress_label: str | None) -> str:
+    """Stream `url` into `path`; the sha256 of what was written."""
+    h = hashlib.sha256()
+    with open(path, "wb") as out, open_url(url, timeout=30) as resp:
+        total = int(resp.headers.get("Content-Length") or 0) if hasattr(resp, "headers") else 0
+        bar = None
+        if progress_label is not None:
+            from tqdm import tqdm
+
+            bar = tqdm(total=total or None, unit="B", unit_scale=True, desc=progress_label)
+        while block := resp.read(1 << 20):
+            out.write(block)
+            h.update(block)
+            if bar is not None:
+                bar.update(len(block))
+        if bar is not None:
+            bar.close()
+    return h.hexdigest()
+
+
 def download(entry: Any, dest_dir: Path | None = None, progress: bool = True,
              opener: Any = None) -> Path:
     """Fetch a registry checkpoint into the cache, verify its sha256 prefix, publish it atomically.
 
-    A partial or corrupt download never appears under the final name: data goes to a temporary file in
-    the same folder, which is renamed only after the checksum matched.
+    A partial or corrupt download never appears under the final name (`atomic_path`: the rename happens
+    only after the checksum matched).
     """
     dest_dir = Path(dest_dir or cache_dir())
     dest = dest_dir / entry.filename
@@ -131,36 +155,17 @@ def download(entry: Any, dest_dir: Path | None = None, progress: bool = True,
     open_url = opener or urllib.request.urlopen
     errors = []
     for url in entry.urls:
-        fd, tmp = tempfile.mkstemp(prefix=f".{entry.filename}.", suffix=".part", dir=dest_dir)
         try:
-            with os.fdopen(fd, "wb") as out:
-                with open_url(url, timeout=30) as resp:
-                    total = int(resp.headers.get("Content-Length") or 0) if hasattr(resp, "headers") else 0
-                    bar = None
-                    if progress:
-                        from tqdm import tqdm
-
-                        bar = tqdm(total=total or None, unit="B", unit_scale=True, desc=entry.filename)
-                    h = hashlib.sha256()
-                    while block := resp.read(1 << 20):
-                        out.write(block)
-                        h.update(block)
-                        if bar is not None:
-                            bar.update(len(block))
-                    if bar is not None:
-                        bar.close()
-            digest = h.hexdigest()
-            if not digest.startswith(entry.sha256_prefix):
-                errors.append(f"{url}: checksum mismatch (sha256 {digest[:8]}…, expected "
-                              f"{entry.sha256_prefix}…); the file was discarded")
-                continue
-            os.replace(tmp, dest)
+            with atomic_path(dest, suffix=".part") as tmp:
+                digest = _fetch(open_url, url, tmp, entry.filename if progress else None)
+                if not digest.startswith(entry.sha256_prefix):
+                    raise _ChecksumMismatch(f"{url}: checksum mismatch (sha256 {digest[:8]}…, expected "
+                                            f"{entry.sha256_prefix}…); the file was discarded")
             return dest
+        except _ChecksumMismatch as e:
+            errors.append(str(e))
         except (urllib.error.URLError, OSError, ValueError) as e:
             errors.append(f"{url}: {getattr(e, 'reason', None) or e}")
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
     raise DownloadError(f"could not download {entry.name}:\n  " + "\n  ".join(errors) + "\n  "
                         + manual_hint(entry, dest))
 

@@ -1,9 +1,9 @@
-"""Training augmentation of RTMO (reference §10.1-10.3), as mmpose implements it, in OpenCV/numpy.
+"""Training augmentation of RTMO, as mmpose implements it, in OpenCV/numpy.
 
 Stage 1 (most epochs):  Mosaic -> perspective BottomupRandomAffine -> YOLOX MixUp -> HSV -> flip -> filter.
 Stage 2 (last epochs):  affine BottomupRandomAffine (letterbox, or random for m/l COCO/body7) -> HSV -> flip
                         -> heatmap mask -> filter.
-Batch level:            `draw_batch_size` + `resize_batch` (BatchSyncRandomResize).
+Batch level:            `rtmo.train.data.batch` (collate, BatchSyncRandomResize).
 
 Every transform is a small picklable object whose `__call__(sample, rng)` takes a `numpy.random.Generator`,
 so a pipeline run is reproducible from its seed and DataLoader workers need no global random state. The
@@ -16,158 +16,30 @@ models.
 
 from __future__ import annotations
 
-import dataclasses
-import math
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import Any
 
 import cv2
 import numpy as np
 
-from ..ops.letterbox import get_warp_matrix
-
-Rng = np.random.Generator
-
-
-# ----------------------------------------------------------------------------------------- sample
-@dataclass
-class PoseSample:
-    """One image and its person instances, in the pixel frame of `image`.
-
-    image (H,W,3) BGR uint8; bboxes (n,4) xyxy float32; keypoints (n,K,2) float32; keypoints_visible (n,K)
-    float32 in {0,1}; areas (n,) float32 (COCO segmentation area, scaled with the image); ann_ids (n,) int64.
-    `invalid_segs` are the COCO segmentations of persons without usable labels (crowd, no keypoints, empty
-    box) of the *original* image (size `orig_hw`); `warp_mat` (2x3) maps original-image pixels to `image`
-    once the stage-2 affine ran; `flipped` records the horizontal flip; both place `heatmap_mask`.
-    """
-
-    image: np.ndarray
-    bboxes: np.ndarray
-    keypoints: np.ndarray
-    keypoints_visible: np.ndarray
-    areas: np.ndarray
-    ann_ids: np.ndarray
-    flip_indices: tuple[int, ...]
-    img_id: int = -1
-    img_path: str = ""
-    invalid_segs: list = field(default_factory=list)
-    orig_hw: tuple[int, int] | None = None  # (h, w) of the image `invalid_segs` refer to
-    warp_mat: np.ndarray | None = None
-    flipped: bool = False
-    heatmap_mask: np.ndarray | None = None
-
-    @property
-    def num_instances(self) -> int:
-        return int(self.bboxes.shape[0])
-
-    @property
-    def num_keypoints(self) -> int:
-        return int(self.keypoints.shape[1])
-
-    def replace(self, **changes: Any) -> PoseSample:
-        return dataclasses.replace(self, **changes)
-
-    def select(self, keep: np.ndarray) -> PoseSample:
-        """The instances where `keep` (bool (n,)) is true."""
-        return self.replace(bboxes=self.bboxes[keep], keypoints=self.keypoints[keep],
-                            keypoints_visible=self.keypoints_visible[keep], areas=self.areas[keep],
-                            ann_ids=self.ann_ids[keep])
-
-    def copy(self) -> PoseSample:
-        """Deep copy of the arrays, so transforms may write in place (mmpose deep-copies data infos)."""
-        return self.replace(image=self.image.copy(), bboxes=self.bboxes.copy(),
-                            keypoints=self.keypoints.copy(),
-                            keypoints_visible=self.keypoints_visible.copy(), areas=self.areas.copy(),
-                            ann_ids=self.ann_ids.copy(), invalid_segs=list(self.invalid_segs))
-
-
-class SampleSource(Protocol):
-    """Where the mix transforms draw their extra images from (a dataset before augmentation)."""
-
-    def __len__(self) -> int: ...
-
-    def load(self, index: int, rng: Rng) -> PoseSample: ...
-
-
-def concat_samples(image: np.ndarray, parts: Sequence[PoseSample], template: PoseSample) -> PoseSample:
-    """`template` with `image` and the instances of all `parts` concatenated."""
-    cat = np.concatenate
-    return template.replace(
-        image=image,
-        bboxes=cat([p.bboxes for p in parts]).astype(np.float32, copy=False),
-        keypoints=cat([p.keypoints for p in parts]).astype(np.float32, copy=False),
-        keypoints_visible=cat([p.keypoints_visible for p in parts]).astype(np.float32, copy=False),
-        areas=cat([p.areas for p in parts]).astype(np.float32, copy=False),
-        ann_ids=cat([p.ann_ids for p in parts]).astype(np.int64, copy=False))
-
-
-# ----------------------------------------------------------------------------------------- geometry helpers
-def clip_boxes(boxes: np.ndarray, w: float, h: float) -> np.ndarray:
-    """Clip xyxy boxes to [0, w] x [0, h] (mmpose `bbox_clip_border`: the bound is w, not w - 1)."""
-    boxes[..., 0::2] = np.clip(boxes[..., 0::2], 0, w)
-    boxes[..., 1::2] = np.clip(boxes[..., 1::2], 0, h)
-    return boxes
-
-
-def hide_outside(kpts: np.ndarray, vis: np.ndarray, w: float, h: float) -> np.ndarray:
-    """Visibility 0 for keypoints outside [0, w] x [0, h]; coordinates are kept (`keypoint_clip_border`)."""
-    out = (kpts[..., 0] > w) | (kpts[..., 0] < 0) | (kpts[..., 1] > h) | (kpts[..., 1] < 0)
-    vis[out] = 0.0
-    return vis
-
-
-def _flip_boxes(boxes: np.ndarray, width: int) -> np.ndarray:
-    out = boxes.copy()
-    out[:, 0] = width - 1 - boxes[:, 2]
-    out[:, 2] = width - 1 - boxes[:, 0]
-    return out
-
-
-def perspective_matrix(center: np.ndarray, translate: np.ndarray, scale: float, rot: float,
-                       shear: np.ndarray) -> np.ndarray:
-    """mmpose `get_pers_warp_matrix`: T(center + translate) @ Shear @ R(rot) @ S(scale) @ T(-center), each
-    factor float32 (degrees in, as mmpose)."""
-    f32 = np.float32
-    t = np.array([[1, 0, translate[0] + center[0]], [0, 1, translate[1] + center[1]], [0, 0, 1]], dtype=f32)
-    shx, shy = math.radians(shear[0]), math.radians(shear[1])
-    sh = np.array([[1, np.tan(shx), 0], [np.tan(shy), 1, 0], [0, 0, 1]], dtype=f32)
-    a = math.radians(rot)
-    r = np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]], dtype=f32)
-    s = np.array([[scale, 0, 0], [0, scale, 0], [0, 0, 1]], dtype=f32)
-    back = np.array([[1, 0, -center[0]], [0, 1, -center[1]], [0, 0, 1]], dtype=f32)
-    return t @ sh @ r @ s @ back
-
-
-def transform_points(points: np.ndarray, mat: np.ndarray) -> np.ndarray:
-    """(..., 2) float32 points through a 2x3 affine or 3x3 perspective matrix with `cv2.transform`
-    (as mmpose: the same float32 arithmetic), homogeneous divide for 3x3."""
-    shape = points.shape
-    if points.size == 0:
-        return points.astype(np.float32).reshape(shape)
-    pts = np.ascontiguousarray(points.reshape(-1, 1, 2), dtype=np.float32)
-    out = cv2.transform(pts, mat)
-    if out.shape[-1] == 3:
-        out = out[..., :2] / out[..., 2:3]
-    return out.reshape(shape).astype(np.float32, copy=False)
-
-
-def transform_boxes(boxes: np.ndarray, mat: np.ndarray) -> np.ndarray:
-    """xyxy boxes -> their 4 corners through `mat` -> min/max xyxy (`bbox_keep_corner=False`)."""
-    if boxes.shape[0] == 0:
-        return boxes.astype(np.float32).reshape(0, 4)
-    x1, y1, x2, y2 = boxes[:, 0], boxes[:, 1], boxes[:, 2], boxes[:, 3]
-    corners = np.stack([np.stack([x1, y1], -1), np.stack([x1, y2], -1), np.stack([x2, y2], -1),
-                        np.stack([x2, y1], -1)], axis=1)
-    c = transform_points(corners, mat)
-    return np.concatenate([c.min(axis=1), c.max(axis=1)], axis=1).astype(np.float32)
-
-
-def _check_rng(rng: Any) -> Rng:
-    if not isinstance(rng, np.random.Generator):
-        raise TypeError(f"transforms need a numpy.random.Generator, got {type(rng).__name__}")
-    return rng
+from ...ops.letterbox import get_warp_matrix
+from ..recipes import AugmentRecipe
+from .sample import (
+    PoseSample,
+    Rng,
+    SampleSource,
+    check_rng,
+    clip_boxes,
+    concat_samples,
+    flip_boxes,
+    flip_keypoints,
+    hide_outside,
+    perspective_matrix,
+    transform_boxes,
+    transform_points,
+)
 
 
 # ----------------------------------------------------------------------------------------- Mosaic
@@ -182,7 +54,7 @@ class Mosaic:
     prob: float = 1.0
 
     def __call__(self, sample: PoseSample, rng: Rng, source: SampleSource) -> PoseSample:
-        rng = _check_rng(rng)
+        rng = check_rng(rng)
         if not rng.uniform(0, 1) < self.prob:
             return sample
         others = [source.load(int(rng.integers(0, len(source))), rng) for _ in range(3)]
@@ -283,7 +155,7 @@ class RandomAffine:
 
     def draw(self, rng: Rng) -> tuple[np.ndarray, np.ndarray, float, np.ndarray]:
         """(offset rate (2,), scale rate (1,), rotation deg, shear deg (2,)), in mmpose's draw order."""
-        rng = _check_rng(rng)
+        rng = check_rng(rng)
         offset = (self._random(rng, (2,)) * self.shift_factor if rng.random() < self.shift_prob
                   else np.zeros(2, dtype=np.float32))
         if rng.random() < self.scale_prob:
@@ -355,7 +227,7 @@ class MixUp:
     prob: float = 1.0
 
     def __call__(self, sample: PoseSample, rng: Rng, source: SampleSource) -> PoseSample:
-        rng = _check_rng(rng)
+        rng = check_rng(rng)
         if not rng.uniform(0, 1) < self.prob:
             return sample
         aux = source.load(int(rng.integers(0, len(source))), rng)
@@ -389,8 +261,8 @@ class MixUp:
         kpts = aux.keypoints * r
         vis = hide_outside(kpts, aux.keypoints_visible.copy(), aux_w, aux_h)
         if flip:
-            boxes = _flip_boxes(boxes, aux_w)
-            kpts, vis = _flip_kpts(kpts, vis, aux_w, sample.flip_indices)
+            boxes = flip_boxes(boxes, aux_w)
+            kpts, vis = flip_keypoints(kpts, vis, aux_w, sample.flip_indices)
         boxes[:, 0::2] -= dx
         boxes[:, 1::2] -= dy
         kpts[..., 0] -= dx
@@ -400,15 +272,6 @@ class MixUp:
         clip_boxes(out.bboxes, w, h)
         hide_outside(out.keypoints, out.keypoints_visible, w, h)
         return out
-
-
-def _flip_kpts(kpts: np.ndarray, vis: np.ndarray, width: int,
-               flip_indices: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
-    idx = np.asarray(flip_indices, dtype=np.int64)
-    kpts = kpts[:, idx].copy()
-    vis = vis[:, idx].copy()
-    kpts[..., 0] = width - 1 - kpts[..., 0]
-    return kpts, vis
 
 
 # ----------------------------------------------------------------------------------------- photometric / flip
@@ -422,7 +285,7 @@ class HSVAug:
     value_delta: int = 30
 
     def draw_gains(self, rng: Rng) -> np.ndarray:
-        rng = _check_rng(rng)
+        rng = check_rng(rng)
         gains = rng.uniform(-1, 1, 3) * [self.hue_delta, self.saturation_delta, self.value_delta]
         gains *= rng.integers(0, 2, 3)
         return gains.astype(np.int16)
@@ -448,13 +311,13 @@ class RandomFlip:
     prob: float = 0.5
 
     def __call__(self, sample: PoseSample, rng: Rng) -> PoseSample:
-        rng = _check_rng(rng)
+        rng = check_rng(rng)
         if not rng.random() < self.prob:
             return sample
         width = sample.image.shape[1]
-        kpts, vis = _flip_kpts(sample.keypoints, sample.keypoints_visible, width, sample.flip_indices)
+        kpts, vis = flip_keypoints(sample.keypoints, sample.keypoints_visible, width, sample.flip_indices)
         return sample.replace(image=np.ascontiguousarray(sample.image[:, ::-1]),
-                              bboxes=_flip_boxes(sample.bboxes, width), keypoints=kpts, keypoints_visible=vis,
+                              bboxes=flip_boxes(sample.bboxes, width), keypoints=kpts, keypoints_visible=vis,
                               flipped=not sample.flipped)
 
 
@@ -517,101 +380,20 @@ class FilterAnnotations:
 
 
 # ----------------------------------------------------------------------------------------- pipelines
-_VARIANTS = ("t", "s", "m", "l")
-_DATASETS = ("coco", "body7", "crowdpose", "body7-crowdpose")
-
-
-def _check_preset(variant: str, dataset: str) -> None:
-    if variant not in _VARIANTS:
-        raise ValueError(f"unknown variant {variant!r}; expected one of {', '.join(_VARIANTS)}")
-    if dataset not in _DATASETS:
-        raise ValueError(f"unknown dataset {dataset!r}; expected one of {', '.join(_DATASETS)}")
-
-
-@dataclass
-class Stage1Config:
-    """`train_pipeline_stage1` (§10.1): Mosaic, perspective affine, MixUp, HSV, flip, filter."""
-
-    input_size: int = 640
-    pad_val: int = 114
-    mosaic_prob: float = 1.0
-    mosaic_center_range: tuple[float, float] = (0.5, 1.5)
-    affine_shift: float = 0.1
-    affine_scale: tuple[float, float] = (0.75, 1.0)
-    affine_rotate: float = 10.0  # degrees
-    affine_shear: float = 2.0  # degrees
-    affine_prob: float = 1.0  # shift, scale, rotate and shear probabilities
-    mixup_prob: float = 1.0  # 0 for RTMO-t
-    mixup_ratio: tuple[float, float] = (0.8, 1.6)
-    mixup_flip: float = 0.5
-    hsv_gains: tuple[int, int, int] = (5, 30, 30)
-    flip_prob: float = 0.5
-
-    @classmethod
-    def preset(cls, variant: str = "s", dataset: str = "coco") -> Stage1Config:
-        """Official values (§1.5): RTMO-t is 416 px without MixUp; the CrowdPose-only configs use a
-        stronger affine and MixUp range."""
-        _check_preset(variant, dataset)
-        cfg = cls(input_size=416 if variant == "t" else 640, mixup_prob=0.0 if variant == "t" else 1.0)
-        if dataset == "crowdpose":
-            cfg = dataclasses.replace(cfg, affine_shift=0.2, affine_rotate=30.0, affine_scale=(0.5, 1.5),
-                                      mixup_ratio=(0.6, 1.6))
-        return cfg
-
-
-@dataclass
-class Stage2Config:
-    """The last-epochs pipeline (§10.2): affine fit (letterbox, or the class-default random affine that the
-    m/l COCO/body7 configs leave active), HSV, flip, heatmap mask, filter."""
-
-    input_size: int = 640
-    pad_val: int = 114
-    random_affine: bool = False  # False: all probabilities 0 (pure centred letterbox)
-    affine_shift: float = 0.2
-    affine_scale: tuple[float, float] = (0.75, 1.5)
-    affine_rotate: float = 30.0
-    hsv_gains: tuple[int, int, int] = (5, 30, 30)
-    flip_prob: float = 0.5
-    heatmap_mask: bool = True
-
-    @classmethod
-    def preset(cls, variant: str = "s", dataset: str = "coco") -> Stage2Config:
-        _check_preset(variant, dataset)
-        return cls(input_size=416 if variant == "t" else 640,
-                   random_affine=variant in ("m", "l") and dataset in ("coco", "body7"))
-
-    @classmethod
-    def letterbox_only(cls, input_size: int = 640, heatmap_mask: bool = True) -> Stage2Config:
-        """Every probability 0: the deterministic pipeline of the training fixtures."""
-        return cls(input_size=input_size, hsv_gains=(0, 0, 0), flip_prob=0.0, heatmap_mask=heatmap_mask)
-
-
-@dataclass
-class BatchResizeConfig:
-    """BatchSyncRandomResize (§10.3): per batch a new square size, a multiple of `divisor` in `size_range`."""
-
-    size_range: tuple[int, int] = (480, 800)
-    divisor: int = 32
-
-    @classmethod
-    def preset(cls, variant: str = "s") -> BatchResizeConfig:
-        _check_preset(variant, "coco")
-        return cls(size_range=(320, 640) if variant == "t" else (480, 800))
-
-
 class Stage1Pipeline:
-    """Per-sample stage-1 augmentation; `__call__(sample, rng, source)`."""
+    """The augmentation of most epochs, as a recipe's `[augment]` table sets it: Mosaic, perspective
+    affine, MixUp, HSV, flip, filter on `input_size` x `input_size`; `__call__(sample, rng, source)`."""
 
-    def __init__(self, cfg: Stage1Config) -> None:
-        s = cfg.input_size
-        self.cfg = cfg
-        self.mosaic = Mosaic((s, s), cfg.mosaic_center_range, cfg.pad_val, cfg.mosaic_prob)
-        p = cfg.affine_prob
-        self.affine = RandomAffine((s, s), "perspective", cfg.affine_shift, p, cfg.affine_scale, p,
-                                   cfg.affine_rotate, p, cfg.affine_shear, p, "uniform", cfg.pad_val)
-        self.mixup = MixUp((s, s), cfg.mixup_ratio, cfg.mixup_flip, cfg.pad_val, cfg.mixup_prob)
-        self.hsv = HSVAug(*cfg.hsv_gains)
-        self.flip = RandomFlip(cfg.flip_prob)
+    def __init__(self, augment: AugmentRecipe, input_size: int) -> None:
+        a, s = augment, int(input_size)
+        self.augment, self.input_size = a, s
+        self.mosaic = Mosaic((s, s), a.mosaic_center_range, a.pad_val, a.mosaic_prob)
+        # every affine component always drawn (probability 1), as in the official stage-1 pipelines
+        self.affine = RandomAffine((s, s), "perspective", a.affine_shift, 1.0, a.affine_scale, 1.0,
+                                   a.affine_rotate, 1.0, a.affine_shear, 1.0, "uniform", a.pad_val)
+        self.mixup = MixUp((s, s), a.mixup_ratio, a.mixup_flip, a.pad_val, a.mixup_prob)
+        self.hsv = HSVAug(*a.hsv_gains)
+        self.flip = RandomFlip(a.flip_prob)
         self.filter = FilterAnnotations()
 
     def __call__(self, sample: PoseSample, rng: Rng, source: SampleSource) -> PoseSample:
@@ -619,69 +401,35 @@ class Stage1Pipeline:
         # around (S/2, S/2) as mmpose does.
         sample = self.mosaic(sample, rng, source)
         sample = self.affine(sample, rng)
-        if self.cfg.mixup_prob > 0:
+        if self.augment.mixup_prob > 0:
             sample = self.mixup(sample, rng, source)
-        if any(self.cfg.hsv_gains):  # (0, 0, 0) = off, without the lossy BGR->HSV->BGR round trip
+        if any(self.augment.hsv_gains):  # (0, 0, 0) = off, without the lossy BGR->HSV->BGR round trip
             sample = self.hsv(sample, rng)
         sample = self.flip(sample, rng)
         return self.filter(sample)
 
 
 class Stage2Pipeline:
-    """Per-sample stage-2 augmentation; `__call__(sample, rng, source=None)`."""
+    """The augmentation of the last epochs: affine fit onto `input_size` x `input_size` (the centred
+    letterbox when `augment.stage2_affine` is "none"; "default" keeps the random affine that the m/l
+    COCO/body7 configs leave active), HSV, flip, heatmap mask, filter;
+    `__call__(sample, rng, source=None)`."""
 
-    def __init__(self, cfg: Stage2Config) -> None:
-        s = cfg.input_size
-        self.cfg = cfg
-        p = 1.0 if cfg.random_affine else 0.0
-        self.affine = RandomAffine((s, s), "affine", cfg.affine_shift, p, cfg.affine_scale, p,
-                                   cfg.affine_rotate, p, 0.0, 0.0, "trunc_norm", cfg.pad_val)
-        self.hsv = HSVAug(*cfg.hsv_gains)
-        self.flip = RandomFlip(cfg.flip_prob)
-        self.mask = HeatmapMask() if cfg.heatmap_mask else None
+    def __init__(self, augment: AugmentRecipe, input_size: int) -> None:
+        a, s = augment, int(input_size)
+        self.augment, self.input_size = a, s
+        p = 1.0 if a.stage2_affine == "default" else 0.0
+        self.affine = RandomAffine((s, s), "affine", a.stage2_affine_shift, p, a.stage2_affine_scale, p,
+                                   a.stage2_affine_rotate, p, 0.0, 0.0, "trunc_norm", a.pad_val)
+        self.hsv = HSVAug(*a.hsv_gains)
+        self.flip = RandomFlip(a.flip_prob)
+        self.mask = HeatmapMask()
         self.filter = FilterAnnotations()
 
     def __call__(self, sample: PoseSample, rng: Rng, source: SampleSource | None = None) -> PoseSample:
         sample = self.affine(sample, rng)
-        if any(self.cfg.hsv_gains):
+        if any(self.augment.hsv_gains):
             sample = self.hsv(sample, rng)
         sample = self.flip(sample, rng)
-        if self.mask is not None:
-            sample = self.mask(sample)
+        sample = self.mask(sample)
         return self.filter(sample)
-
-
-# ----------------------------------------------------------------------------------------- batch level
-def draw_batch_size(rng: Rng, cfg: BatchResizeConfig) -> tuple[int, int]:
-    """The next batch's (w, h): `divisor * k`, k uniform in [ceil(lo/divisor), hi // divisor] (15..25 for
-    480-800, 10..20 for 320-640). In DDP draw on rank 0 and broadcast."""
-    _check_rng(rng)
-    lo, hi = cfg.size_range
-    k = int(rng.integers(math.ceil(lo / cfg.divisor), hi // cfg.divisor + 1))
-    return (k * cfg.divisor, k * cfg.divisor)
-
-
-def resize_batch(images: Any, targets: list, size: tuple[int, int]) -> tuple[Any, list]:
-    """Bilinear resize (align_corners=False) of a (B,3,H,W) tensor batch to `size` (w, h); boxes and
-    keypoints scaled by (sx, sy), areas by sx*sy, heatmap masks bilinearly (becoming float). A no-op when
-    the size already matches. `targets` are `Targets` (or dicts with the same field names)."""
-    import torch.nn.functional as F
-
-    h, w = images.shape[-2:]
-    if (w, h) == tuple(size):
-        return images, targets
-    sx, sy = size[0] / w, size[1] / h
-    images = F.interpolate(images.float(), size=(size[1], size[0]), mode="bilinear", align_corners=False)
-    out = []
-    for t in targets:
-        d = dict(t) if isinstance(t, dict) else {f.name: getattr(t, f.name) for f in dataclasses.fields(t)}
-        scale = d["bboxes"].new_tensor([sx, sy])
-        d["bboxes"] = (d["bboxes"].reshape(-1, 2, 2) * scale).reshape(d["bboxes"].shape)
-        d["keypoints"] = d["keypoints"] * scale
-        d["areas"] = d["areas"] * (sx * sy)
-        m = d.get("heatmap_mask")
-        if m is not None:
-            d["heatmap_mask"] = F.interpolate(m.float()[None, None], size=(size[1], size[0]), mode="bilinear",
-                                              align_corners=False)[0, 0]
-        out.append(d if isinstance(t, dict) else type(t)(**d))
-    return images, out

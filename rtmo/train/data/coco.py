@@ -1,12 +1,10 @@
-"""COCO-format keypoint datasets for training (reference §10.1, §1.6-1.7), their body7 combination, and the
-collate function that builds the batch the losses expect.
+"""COCO-format keypoint files for training, and mmpose's MPII list format read as one.
 
 `CocoPoseDataset` parses a COCO keypoint JSON (any number of keypoints) into one record per image, as
 mmpose's bottom-up `CocoDataset` does: every annotation with a box and keypoints is an instance (crowd and
 unlabelled ones too: `FilterAnnotations` removes them after augmentation, and their polygons feed the
-heatmap mask). Malformed annotations are skipped and reported with their id, never fatal. `TrainDataset`
-runs a stage-1/stage-2 pipeline of `rtmo.train.transforms` on it; `collate` stacks samples into
-`(images (B,3,S,S) float32 BGR, list[Targets])`; `build_train_data(recipe)` wires it all for the trainer.
+heatmap mask). Malformed annotations are skipped and reported with their id, never fatal; images are
+decoded by the inference decoder, and unreadable ones are skipped up to a cap.
 """
 
 from __future__ import annotations
@@ -15,33 +13,18 @@ import json
 import math
 import os
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..config import COCO_KEYPOINTS, CROWDPOSE_KEYPOINTS, KeypointInfo
-from ..infer.image import ImageError, read_image
-from .transforms import (
-    BatchResizeConfig,
-    PoseSample,
-    Rng,
-    Stage1Config,
-    Stage1Pipeline,
-    Stage2Config,
-    Stage2Pipeline,
-    resize_batch,
-)
+from ...config import COCO_KEYPOINTS, CROWDPOSE_KEYPOINTS, KeypointInfo
+from ...infer.image import ImageError, read_image
+from .keypoints import KeypointConverter, keypoint_info_from_category
+from .sample import PoseSample, Rng
 
-__all__ = [
-    "BODY7_TO_COCO", "BODY7_TO_CROWDPOSE", "CombinedDataset", "CocoPoseDataset", "KeypointConverter",
-    "PoseSample", "TrainDataset", "build_train_data", "collate", "flip_indices_from_names",
-]
-
-# Fallback OKS sigma for a custom keypoint set without given sigmas (the mean of the COCO sigmas, rounded).
-DEFAULT_SIGMA = 0.07
 # Training skips unreadable images (with a warning naming each) until more than this fraction of a dataset's
 # images are unreadable; then it stops: the data is broken, not a file or two.
 MAX_UNREADABLE_FRACTION = 0.01
@@ -56,127 +39,6 @@ MPII_CENTER_SHIFT = 15.0
 
 class UnreadableImageError(FileNotFoundError):
     """Too many training images cannot be read; the message names the annotation file and examples."""
-
-
-# ----------------------------------------------------------------------------------------- body7 tables
-def _pairs(*p: int) -> tuple[tuple[int, int], ...]:
-    return tuple(zip(p[0::2], p[1::2]))
-
-
-_IDENTITY17 = tuple((i, i) for i in range(17))
-_COCO_BODY_TO_CROWDPOSE = tuple((i, i - 5) for i in range(5, 17))
-
-# (source index, target index) pairs of mmpose's KeypointConverter in the body7 configs (§1.7).
-BODY7_TO_COCO: dict[str, tuple[tuple[int, int], ...]] = {
-    "coco": _IDENTITY17,
-    "aic": _pairs(0, 6, 1, 8, 2, 10, 3, 5, 4, 7, 5, 9, 6, 12, 7, 14, 8, 16, 9, 11, 10, 13, 11, 15),
-    "crowdpose": _pairs(0, 5, 1, 6, 2, 7, 3, 8, 4, 9, 5, 10, 6, 11, 7, 12, 8, 13, 9, 14, 10, 15, 11, 16),
-    "mpii": _pairs(0, 16, 1, 14, 2, 12, 3, 11, 4, 13, 5, 15, 10, 10, 11, 8, 12, 6, 13, 5, 14, 7, 15, 9),
-    "jhmdb": _pairs(3, 6, 4, 5, 5, 12, 6, 11, 7, 8, 8, 7, 9, 14, 10, 13, 11, 10, 12, 9, 13, 16, 14, 15),
-    "halpe": _IDENTITY17,
-    "posetrack": ((0, 0),) + tuple((i, i) for i in range(3, 17)),
-}
-BODY7_TO_CROWDPOSE: dict[str, tuple[tuple[int, int], ...]] = {
-    "coco": _COCO_BODY_TO_CROWDPOSE,
-    "aic": _pairs(3, 0, 0, 1, 4, 2, 1, 3, 5, 4, 2, 5, 9, 6, 6, 7, 10, 8, 7, 9, 11, 10, 8, 11, 12, 12, 13, 13),
-    "crowdpose": tuple((i, i) for i in range(14)),
-    "mpii": _pairs(13, 0, 12, 1, 14, 2, 11, 3, 15, 4, 10, 5, 3, 6, 2, 7, 4, 8, 1, 9, 5, 10, 0, 11,
-                   9, 12, 7, 13),
-    "jhmdb": _pairs(4, 0, 3, 1, 8, 2, 7, 3, 12, 4, 11, 5, 6, 6, 5, 7, 10, 8, 9, 9, 14, 10, 13, 11,
-                    2, 12, 0, 13),
-    "halpe": _COCO_BODY_TO_CROWDPOSE,
-    "posetrack": _COCO_BODY_TO_CROWDPOSE + ((2, 12), (1, 13)),
-}
-
-
-@dataclass(frozen=True)
-class KeypointConverter:
-    """Maps a source keypoint set onto `num_keypoints` target keypoints through (source, target) index
-    pairs; unmapped targets are (0, 0) with visibility 0. (mmpose also makes per-keypoint visibility
-    weights, but as implemented they never reach the loss, §10.4, so none are produced here.)"""
-
-    num_keypoints: int
-    mapping: tuple[tuple[int, int], ...]
-
-    def __post_init__(self) -> None:
-        tgt = [t for _, t in self.mapping]
-        if any(not 0 <= t < self.num_keypoints for t in tgt) or len(set(tgt)) != len(tgt):
-            raise ValueError(f"KeypointConverter: target indices {tgt} must be distinct and in "
-                             f"[0, {self.num_keypoints})")
-
-    @property
-    def num_source(self) -> int:
-        """The smallest source keypoint count the mapping accepts."""
-        return max((s for s, _ in self.mapping), default=-1) + 1
-
-    def __call__(self, keypoints: np.ndarray, visible: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        n, k = keypoints.shape[:2]
-        if k < self.num_source:
-            raise ValueError(f"KeypointConverter: the mapping reads source keypoint {self.num_source - 1} "
-                             f"but the annotations have {k} keypoints")
-        src = np.array([s for s, _ in self.mapping], dtype=np.int64)
-        tgt = np.array([t for _, t in self.mapping], dtype=np.int64)
-        kpts = np.zeros((n, self.num_keypoints, 2), dtype=np.float32)
-        vis = np.zeros((n, self.num_keypoints), dtype=np.float32)
-        kpts[:, tgt] = keypoints[:, src]
-        vis[:, tgt] = visible[:, src]
-        return kpts, vis
-
-
-# ----------------------------------------------------------------------------------------- metadata
-def flip_indices_from_names(names: Sequence[str]) -> tuple[int, ...]:
-    """Flip partner of each keypoint: `left_x` <-> `right_x` (also `left`/`right` inside a name, e.g.
-    `hand_left_1`), itself when it has no partner."""
-    index = {n: i for i, n in enumerate(names)}
-    out = []
-    for i, n in enumerate(names):
-        partner = None
-        for a, b in (("left", "right"), ("right", "left"), ("Left", "Right"), ("Right", "Left")):
-            if a in n:
-                partner = index.get(n.replace(a, b, 1))
-                if partner is not None:
-                    break
-        out.append(i if partner is None else partner)
-    return tuple(out)
-
-
-def keypoint_info_from_category(cat: dict, sigmas: Sequence[float] | None = None,
-                                flip_indices: Sequence[int] | None = None, name: str = "custom"
-                                ) -> KeypointInfo:
-    """KeypointInfo of a COCO category. The built-in COCO-17 / CrowdPose-14 sets are recognised by their
-    keypoint names and get their official sigmas, flip pairs and skeleton; a custom set needs `sigmas`
-    (a warning names the fallback otherwise)."""
-    names = tuple(str(n) for n in cat.get("keypoints") or ())
-    if not names:
-        raise ValueError(f"category {cat.get('id')!r} ({cat.get('name')!r}) lists no keypoint names")
-    k = len(names)
-    builtin = None
-    if names == COCO_KEYPOINTS.names:
-        builtin = COCO_KEYPOINTS
-    elif k == 14 and names[:12] == CROWDPOSE_KEYPOINTS.names[:12]:  # 'head'/'top_head' differ by file
-        builtin = CROWDPOSE_KEYPOINTS
-    if sigmas is not None and len(sigmas) != k:
-        raise ValueError(f"{len(sigmas)} OKS sigmas given for {k} keypoints")
-    if flip_indices is not None:
-        fi = list(flip_indices)
-        if sorted(fi) != list(range(k)) or any(fi[j] != i for i, j in enumerate(fi)):
-            raise ValueError(f"flip_indices must be a self-inverse permutation of 0..{k - 1}, got "
-                             f"{list(flip_indices)}")
-    if builtin is not None:
-        return KeypointInfo(builtin.name, builtin.names, builtin.skeleton,
-                            tuple(flip_indices) if flip_indices is not None else builtin.flip_indices,
-                            tuple(float(s) for s in sigmas) if sigmas is not None else builtin.sigmas)
-    if sigmas is None:
-        warnings.warn(f"custom keypoint set of {k} keypoints without OKS sigmas: using {DEFAULT_SIGMA} for "
-                      f"every keypoint; pass `sigmas=` for meaningful OKS losses and AP", stacklevel=3)
-        sigmas = (DEFAULT_SIGMA,) * k
-    skeleton = []
-    for edge in cat.get("skeleton") or ():  # COCO skeletons are 1-based
-        if (len(edge) == 2 and all(isinstance(v, int) and 1 <= v <= k for v in edge)):
-            skeleton.append((edge[0] - 1, edge[1] - 1))
-    return KeypointInfo(name, names, tuple(skeleton),
-                        tuple(flip_indices) if flip_indices is not None else flip_indices_from_names(names),
-                        tuple(float(s) for s in sigmas))
 
 
 # ----------------------------------------------------------------------------------------- dataset
@@ -198,7 +60,7 @@ class ImageRecord:
 
 class CocoPoseDataset:
     """A COCO-format keypoint dataset, one record per image that has at least one annotation with a box and
-    keypoints (§10.1).
+    keypoints (mmpose's bottom-up reading of the file).
 
     Args:
         ann_file: COCO keypoint JSON.
@@ -482,185 +344,3 @@ def mpii_to_coco(anns: list, where: Path | str = "MPII file") -> dict:
     return {"images": list(images.values()), "annotations": out,
             "categories": [{"id": 1, "name": "person", "keypoints": list(MPII_KEYPOINT_NAMES)}]}
 
-
-class CombinedDataset:
-    """Several datasets with per-dataset resampling factors (mmpose `CombinedDataset` with
-    `sample_ratio_factor`, §1.7): dataset i contributes round(len_i * r_i) indices per epoch; its j-th
-    index maps to a random member of the j-th of that many equal strata (a fresh subset every draw)."""
-
-    def __init__(self, datasets: Sequence[CocoPoseDataset], ratios: Sequence[float] | None = None) -> None:
-        if not datasets:
-            raise ValueError("CombinedDataset needs at least one dataset")
-        ratios = [1.0] * len(datasets) if ratios is None else list(ratios)
-        if len(ratios) != len(datasets) or min(ratios) < 0:
-            raise ValueError(f"need one non-negative ratio per dataset, got {ratios} for {len(datasets)}")
-        k = {d.keypoint_info.num_keypoints for d in datasets}
-        if len(k) != 1:
-            raise ValueError(f"datasets have different keypoint counts {sorted(k)}: add KeypointConverters")
-        self.datasets = list(datasets)
-        self.ratios = ratios
-        self.resample = any(r != 1.0 for r in ratios)
-        self.lens_ori = [len(d) for d in datasets]
-        self.lens = [round(n * r) for n, r in zip(self.lens_ori, ratios)] if self.resample else self.lens_ori
-        self.keypoint_info = datasets[0].keypoint_info
-
-    def __len__(self) -> int:
-        return sum(self.lens)
-
-    def locate(self, index: int, rng: Rng | None = None) -> tuple[int, int]:
-        """(dataset, local index) of global `index`; random within its stratum when resampling."""
-        if not -len(self) <= index < len(self):
-            raise IndexError(f"index {index} out of range for a dataset of length {len(self)}")
-        index %= len(self)
-        i = 0
-        while index >= self.lens[i]:
-            index -= self.lens[i]
-            i += 1
-        if self.resample:
-            gap = (self.lens_ori[i] - 1e-4) / self.lens[i]
-            u = (rng if rng is not None else np.random.default_rng()).random()
-            index = round(gap * index + u * gap - 0.5)
-        return i, index
-
-    def load(self, index: int, rng: Rng | None = None) -> PoseSample:
-        i, j = self.locate(index, rng)
-        s = self.datasets[i].load(j)
-        # mmpose gives every sample the combined set's flip indices
-        return s.replace(flip_indices=self.keypoint_info.flip_indices)
-
-
-# ----------------------------------------------------------------------------------------- training set
-class TrainDataset:
-    """A torch-style dataset applying a stage-1/stage-2 pipeline to `source`.
-
-    Sample `i` is drawn with `numpy.random.default_rng([seed, i])`, where `seed` is the explicit `seed`
-    or, when None, `torch.initial_seed()` of the current process/worker (which the trainer reseeds per
-    epoch): reproducible, different every epoch, independent of global numpy state."""
-
-    def __init__(self, source: CocoPoseDataset | CombinedDataset, pipeline: Stage1Pipeline | Stage2Pipeline,
-                 seed: int | None = None) -> None:
-        self.source = source
-        self.pipeline = pipeline
-        self.seed = seed
-
-    def __len__(self) -> int:
-        return len(self.source)
-
-    @property
-    def keypoint_info(self) -> KeypointInfo:
-        return self.source.keypoint_info
-
-    def rng_for(self, index: int) -> Rng:
-        seed = self.seed
-        if seed is None:
-            import torch
-
-            seed = torch.initial_seed()
-        return np.random.default_rng([int(seed) % 2**63, int(index)])
-
-    def __getitem__(self, index: int) -> PoseSample:
-        return self.get(index, self.rng_for(index))
-
-    def get(self, index: int, rng: Rng) -> PoseSample:
-        sample = self.source.load(index, rng)
-        return self.pipeline(sample, rng, self.source)
-
-
-def collate(samples: Sequence[PoseSample]) -> tuple[Any, list]:
-    """Stack augmented samples into `(images, targets)`: images (B,3,S,S) float32 BGR 0..255 (no
-    normalisation, §10.3); targets one `rtmo.train.losses.Targets` per image (labels 0; the heatmap mask
-    as a float (S,S) tensor or None)."""
-    import torch
-
-    from .losses import Targets
-
-    if not samples:
-        raise ValueError("collate: empty batch")
-    sizes = {s.image.shape for s in samples}
-    if len(sizes) != 1:
-        raise ValueError(f"collate: samples have different image shapes {sorted(sizes)}")
-    images = torch.from_numpy(np.stack([s.image.transpose(2, 0, 1) for s in samples])).float()
-    targets = []
-    for s in samples:
-        mask = None if s.heatmap_mask is None else torch.from_numpy(s.heatmap_mask.astype(np.float32))
-        targets.append(Targets(
-            bboxes=torch.from_numpy(np.ascontiguousarray(s.bboxes, dtype=np.float32)),
-            keypoints=torch.from_numpy(np.ascontiguousarray(s.keypoints, dtype=np.float32)),
-            keypoints_visible=torch.from_numpy(np.ascontiguousarray(s.keypoints_visible, dtype=np.float32)),
-            areas=torch.from_numpy(np.ascontiguousarray(s.areas, dtype=np.float32)),
-            labels=torch.zeros(s.num_instances, dtype=torch.long),
-            heatmap_mask=mask))
-    return images, targets
-
-
-# ----------------------------------------------------------------------------------------- recipe wiring
-def _source_from_specs(root: Path, specs: Sequence[Any],
-                       num_keypoints: int) -> CocoPoseDataset | CombinedDataset:
-    target = {17: COCO_KEYPOINTS, 14: CROWDPOSE_KEYPOINTS}.get(num_keypoints)
-    sets = []
-    for spec in specs:
-        mapping = tuple(tuple(p) for p in spec.mapping)
-        identity = mapping == tuple((i, i) for i in range(num_keypoints))
-        conv = KeypointConverter(num_keypoints, mapping) if mapping and not identity else None
-        sets.append(CocoPoseDataset(root / spec.ann_file, root / spec.img_prefix, sigmas=spec.sigmas,
-                                    flip_indices=spec.flip_indices, converter=conv,
-                                    target=target if conv is not None else None,
-                                    one_based=spec.name.lower() == "jhmdb", check_images=True))
-    if len(sets) == 1 and specs[0].ratio == 1.0:
-        return sets[0]
-    return CombinedDataset(sets, [s.ratio for s in specs])
-
-
-@dataclass
-class TrainData:
-    """What the trainer needs from the data pipeline.
-
-    `build_dataset(stage)` returns the training set of data stage 1 (Mosaic/MixUp) or 2 (the plain pipeline
-    of the last epochs, possibly another dataset, §10.2); `collate_fn` turns samples into `(images, targets)`
-    with images a (B,3,S,S) BGR tensor; `batch_resize(images, targets, (w, h))` rescales a batch and its
-    targets (BatchSyncRandomResize, §10.3; default: `resize_batch`).
-    """
-
-    build_dataset: Callable[[int], Any]
-    collate_fn: Callable[[list], Any] | None = None
-    batch_resize: Callable[[Any, Any, tuple[int, int]], tuple[Any, Any]] | None = None
-
-
-def build_train_data(recipe: Any) -> Any:
-    """`rtmo.train.trainer.TrainData` for a `TrainRecipe`: stage-1/stage-2 `TrainDataset`s over the
-    recipe's annotation files (body7: combined with resampling and keypoint conversion), `collate` and
-    the batch resize. Datasets are built lazily, when the trainer first asks for a stage."""
-    a = recipe.augment
-    size = int(recipe.input_size[0])
-    if recipe.input_size[0] != recipe.input_size[1]:
-        raise ValueError(f"RTMO training needs a square input size, got {recipe.input_size}")
-    s1 = Stage1Config(input_size=size, pad_val=a.pad_val, mosaic_prob=a.mosaic_prob,
-                      mosaic_center_range=tuple(a.mosaic_center_range), affine_shift=a.affine_shift,
-                      affine_scale=tuple(a.affine_scale), affine_rotate=a.affine_rotate,
-                      affine_shear=a.affine_shear, mixup_prob=a.mixup_prob, mixup_ratio=tuple(a.mixup_ratio),
-                      mixup_flip=a.mixup_flip, hsv_gains=tuple(a.hsv_gains), flip_prob=a.flip_prob)
-    if a.stage2_affine not in ("none", "default"):
-        raise ValueError(f"augment.stage2_affine must be 'none' or 'default', got {a.stage2_affine!r}")
-    s2 = Stage2Config(input_size=size, pad_val=a.pad_val, random_affine=a.stage2_affine == "default",
-                      affine_shift=a.stage2_affine_shift, affine_scale=tuple(a.stage2_affine_scale),
-                      affine_rotate=a.stage2_affine_rotate, hsv_gains=tuple(a.hsv_gains),
-                      flip_prob=a.flip_prob)
-    root = Path(recipe.data.root)
-    k = recipe.num_keypoints
-    cache: dict[int, TrainDataset] = {}
-
-    def build_dataset(stage: int) -> TrainDataset:
-        if stage not in cache:
-            if stage == 1:
-                cache[1] = TrainDataset(_source_from_specs(root, recipe.data.train, k), Stage1Pipeline(s1))
-            else:
-                specs = recipe.data.stage2_train or recipe.data.train
-                cache[2] = TrainDataset(_source_from_specs(root, specs, k), Stage2Pipeline(s2))
-        return cache[stage]
-
-    return TrainData(build_dataset=build_dataset, collate_fn=collate, batch_resize=resize_batch)
-
-
-def batch_resize_config(recipe: Any) -> BatchResizeConfig:
-    """BatchSyncRandomResize settings of a recipe."""
-    return BatchResizeConfig(tuple(recipe.augment.multiscale_range), recipe.augment.size_divisor)

@@ -1,4 +1,4 @@
-"""The `rtmo serve` subcommand: parser and runner (FastAPI / uvicorn are imported only when it runs)."""
+"""`rtmo serve`: parser and runner (FastAPI / uvicorn are imported only when it runs, from rtmo.serve)."""
 
 from __future__ import annotations
 
@@ -82,7 +82,7 @@ def run_serve(args: argparse.Namespace) -> int:
     try:
         import uvicorn
 
-        from .app import create_app
+        from ..serve.app import create_app
     except ImportError as e:
         raise ValueError(f"rtmo serve needs the serve extra: pip install 'rtmo[serve]' ({e})") from None
     from ..hub.zoo import ModelManager

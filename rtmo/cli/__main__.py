@@ -1,0 +1,5 @@
+"""`python -m rtmo.cli ...`: the same as `rtmo ...`."""
+
+from . import main
+
+raise SystemExit(main())
