@@ -6,16 +6,23 @@ import numpy as np
 import torch
 
 
-def box_iou(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """Pairwise IoU of xyxy boxes (n,4) x (m,4) -> (n,m); areas without +1, union floored at eps."""
-    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
-    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    lt = torch.max(a[:, None, :2], b[None, :, :2])
-    rb = torch.min(a[:, None, 2:], b[None, :, 2:])
+def box_iou_aligned(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """IoU of xyxy boxes paired element-wise: (..., 4) and (..., 4) -> (...), broadcasting the leading
+    dimensions; areas without +1, union floored at eps (mmpose's rules)."""
+    area_a = (a[..., 2] - a[..., 0]) * (a[..., 3] - a[..., 1])
+    area_b = (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])
+    lt = torch.max(a[..., :2], b[..., :2])
+    rb = torch.min(a[..., 2:], b[..., 2:])
     wh = (rb - lt).clamp(min=0)
     overlap = wh[..., 0] * wh[..., 1]
-    union = (area_a[:, None] + area_b[None, :] - overlap).clamp(min=eps)
+    union = (area_a + area_b - overlap).clamp(min=eps)
     return overlap / union
+
+
+def box_iou(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Pairwise IoU of xyxy boxes (n,4) x (m,4) -> (n,m) (element-wise arithmetic: the same bits as
+    `box_iou_aligned` on each pair)."""
+    return box_iou_aligned(a[:, None, :], b[None, :, :], eps)
 
 
 def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_thr: float) -> torch.Tensor:

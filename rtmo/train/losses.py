@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from ..nn.head import HeadMaps, flatten_maps
-from ..ops.boxes import decode_boxes, xyxy_to_cs
+from ..ops.boxes import box_iou_aligned, decode_boxes, xyxy_to_cs
 from ..ops.oks import keypoint_oks, pose_oks
 from ..outputs import RTMOLoss
 from ..utils.dist import reduce_mean
@@ -81,19 +81,8 @@ def varifocal_loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.Ten
 
 
 def iou_square_loss(pred: torch.Tensor, target: torch.Tensor, eps: float = 1e-16) -> torch.Tensor:
-    """Summed 1 - IoU² of aligned xyxy boxes (union floored at 1e-6, IoU at eps).
-
-    The element-wise IoU of `rtmo.ops.boxes.box_iou` for aligned pairs. Not that function itself: it is
-    pairwise (a (P,P) matrix), and running it per pair through `torch.vmap` gives the same values but
-    gradients that differ in the last float32 bits (relative 2e-6), which would change training runs."""
-    area_p = (pred[:, 2] - pred[:, 0]) * (pred[:, 3] - pred[:, 1])
-    area_t = (target[:, 2] - target[:, 0]) * (target[:, 3] - target[:, 1])
-    lt = torch.max(pred[:, :2], target[:, :2])
-    rb = torch.min(pred[:, 2:], target[:, 2:])
-    wh = (rb - lt).clamp(min=0)
-    overlap = wh[:, 0] * wh[:, 1]
-    union = (area_p + area_t - overlap).clamp(min=1e-6)
-    iou = (overlap / union).clamp(min=eps)
+    """Summed 1 - IoU² of aligned xyxy boxes (union floored at 1e-6, IoU at eps)."""
+    iou = box_iou_aligned(pred, target).clamp(min=eps)
     return (1 - iou.pow(2)).sum()
 
 
