@@ -111,6 +111,10 @@ _CSP_SIZES = {  # size -> (deepen_factor, widen_factor)
 }
 
 
+# Inference precisions a model can run at ("fp32" is the bit-exact default); the torch model and the
+# exported runtimes accept the same names.
+PRECISIONS = ("fp32", "bf16", "fp16")
+
 # The YOLOX detector whose backbone the official RTMO configs start from, per CSPDarknet size.
 CSP_PRETRAINED = {"tiny": "yolox-tiny", "small": "yolox-s", "medium": "yolox-m", "large": "yolox-l"}
 

@@ -10,7 +10,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from .config import CSP_PRETRAINED, CSPConfig, KeypointInfo, ResNetConfig, RTMOConfig, keypoint_info_for
+from .config import (
+    CSP_PRETRAINED,
+    PRECISIONS,
+    CSPConfig,
+    KeypointInfo,
+    ResNetConfig,
+    RTMOConfig,
+    keypoint_info_for,
+)
 from .decode import decode
 from .infer.backend import PoseAPI
 from .nn.backbone import CSPDarknet
@@ -19,8 +27,6 @@ from .nn.neck import HybridEncoder
 from .ops.boxes import grid_priors
 from .ops.checks import check_fraction
 from .outputs import KeypointOutput, RTMOLoss, RTMOModelOutput
-
-PRECISIONS = ("fp32", "bf16", "fp16")
 
 
 class RTMO(PoseAPI, nn.Module):

@@ -31,7 +31,6 @@ OUTPUT_NAMES = ("dets", "keypoints")
 METADATA_PREFIX = "rtmo."
 CONTRACT = ("expected an RTMO end2end graph: input `input` Bx3xHxW float32; outputs `dets` BxNx5 and "
             "`keypoints` BxNxKx3 (a file from `rtmo export` or mmdeploy)")
-PRECISIONS = ("fp32", "bf16", "fp16")
 _DEFAULT_SCORE_THR = RTMOConfig.score_thr
 
 

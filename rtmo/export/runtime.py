@@ -15,12 +15,12 @@ from typing import Any
 
 import numpy as np
 
+from ..config import PRECISIONS
 from .contract import (
     CONTRACT,
     INPUT_NAME,
     METADATA_PREFIX,
     OUTPUT_NAMES,
-    PRECISIONS,
     ExportedModel,
     ModelFileError,
     check_contract,

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..config import KeypointInfo, ResNetConfig, RTMOConfig, keypoint_info_for
+from ..config import PRECISIONS, KeypointInfo, ResNetConfig, RTMOConfig, keypoint_info_for
 from ..ops.checks import check_input_size
 from ..utils.checkpoint import CheckpointError, load_checkpoint
 from ..utils.downloads import (  # noqa: F401 - re-exported: rtmo.hub.zoo is where users look for them
@@ -276,7 +276,7 @@ class ModelManager:
         except ImportError:
             raise ImportError(f"{key}: checkpoints need PyTorch: pip install \"rtmo[torch]\" (exported "
                               ".onnx / .xml models run without it)") from None
-        from ..model import PRECISIONS, RTMO
+        from ..model import RTMO
         from ..utils.device import resolve_device
 
         if precision not in PRECISIONS:
