@@ -172,6 +172,6 @@ def test_the_checker_sees_inner_and_relative_imports(tmp_path: Path) -> None:
 
 
 def test_modules_stay_short() -> None:
-    """A module over 500 lines holds more than one concept: split it (or say here why its concept needs it)."""
+    """A module over 500 lines holds more than one concept: split it (or say here why it must not be)."""
     long = {module_name(p): n for p in PACKAGE.rglob("*.py") if (n := p.read_text().count("\n")) > 500}
     assert not long, f"modules over 500 lines: {long}"
