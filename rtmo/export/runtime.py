@@ -120,11 +120,49 @@ class OnnxRuntimeModel(ExportedModel):
 _OV_PRECISION = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
 
 
+def split_at_decoder(path: Path) -> tuple[Any, Any, list[str]] | None:
+    """An rtmo-exported ONNX graph cut in two: the network (`input` -> head maps, priors, canvas size) and
+    the decoder (-> `dets`, `keypoints`), as ONNX models, and the names of the tensors between them.
+
+    Reduced precision then runs only the network at bf16/fp16 while selection, NMS and DCC stay in float32,
+    as the torch model does: OpenVINO's whole-graph bf16 moves keypoints by about 1 px (the DCC's bin
+    softmax is sensitive), the cut one by a few hundredths, for ~5 % more time. None for graphs without
+    rtmo's `/decoder/` scope (mmdeploy's) or without the `onnx` package."""
+    try:
+        import onnx
+        from onnx.utils import Extractor
+    except ImportError:
+        return None
+    model = onnx.load(str(path))
+    graph = model.graph
+    fixed = {i.name for i in graph.initializer} | {o for n in graph.node if n.op_type == "Constant"
+                                                   for o in n.output}
+    producer = {o: n for n in graph.node for o in n.output}
+
+    def in_decoder(node: Any) -> bool:
+        return node.name.startswith("/decoder/")
+
+    between: list[str] = []
+    for node in graph.node:
+        if in_decoder(node):
+            for name in node.input:
+                if name and name not in fixed and name not in between and not (
+                        name in producer and in_decoder(producer[name])):
+                    between.append(name)
+    if not between:
+        return None
+    cut = Extractor(onnx.shape_inference.infer_shapes(model))  # the cut needs the tensors' types
+    return (cut.extract_model([graph.input[0].name], between), cut.extract_model(between, list(OUTPUT_NAMES)),
+            between)
+
+
 class OpenVINOModel(ExportedModel):
     """An exported RTMO graph on OpenVINO: the .onnx read directly, or an OpenVINO IR .xml (+ .bin).
 
     `precision`: 'fp32' (default, also on CPUs with bf16 units), 'bf16' or 'fp16' (INFERENCE_PRECISION_HINT;
-    refused when the device lacks it). An INT8 IR (see `rtmo.export.quantize`) runs as quantized."""
+    refused when the device lacks it). For rtmo's own .onnx files reduced precision covers the network only,
+    the decoder (selection, NMS, DCC) stays float32 (`split_at_decoder`); IR files and mmdeploy's graphs run
+    whole at that precision. An INT8 IR (see `rtmo.export.quantize`) runs as quantized."""
 
     backend = "openvino"
 
@@ -164,7 +202,18 @@ class OpenVINOModel(ExportedModel):
             config["INFERENCE_PRECISION_HINT"] = _OV_PRECISION[precision]
         elif precision != "fp32":
             config["INFERENCE_PRECISION_HINT"] = _OV_PRECISION[precision]
-        self.compiled = core.compile_model(model, ov_device, config)
+        parts = split_at_decoder(path) if precision != "fp32" and path.suffix.lower() == ".onnx" else None
+        self._decoder = None
+        if parts is None:
+            self.compiled = core.compile_model(model, ov_device, config)
+        else:
+            network, decoder, self._between = parts
+            self.compiled = core.compile_model(core.read_model(network.SerializeToString()), ov_device,
+                                               config)
+            self._decoder = core.compile_model(core.read_model(decoder.SerializeToString()), ov_device,
+                                               {**config, "INFERENCE_PRECISION_HINT": "f32"})
+            self._decoder_request = self._decoder.create_infer_request()
+            self._decoder_outputs = [self._decoder.output(n) for n in OUTPUT_NAMES]
         self.request = self.compiled.create_infer_request()
         if path.suffix.lower() == ".onnx":
             meta = read_metadata(onnx_props(path))
@@ -175,12 +224,16 @@ class OpenVINOModel(ExportedModel):
         super().__init__(path, meta, ins[0][1], kpt_dims[2], {} if "score_thr" in meta else selection,
                          precision)
         self.num_threads = num_threads
-        ports = {o.get_any_name(): o for o in self.compiled.outputs}
-        self._outputs = [ports[n] for n in OUTPUT_NAMES]
+        if self._decoder is None:
+            ports = {o.get_any_name(): o for o in self.compiled.outputs}
+            self._outputs = [ports[n] for n in OUTPUT_NAMES]
 
     def _run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         res = self.request.infer({0: batch})
-        return res[self._outputs[0]].copy(), res[self._outputs[1]].copy()
+        if self._decoder is None:
+            return res[self._outputs[0]].copy(), res[self._outputs[1]].copy()
+        out = self._decoder_request.infer({n: res[self.compiled.output(n)] for n in self._between})
+        return out[self._decoder_outputs[0]].copy(), out[self._decoder_outputs[1]].copy()
 
 
 def _ov_dims(port: Any) -> list[int | None]:
