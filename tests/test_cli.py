@@ -429,3 +429,19 @@ def test_train_short_run_iters_val_interval_logs_and_summary(tmp_path):
             assert line[:4].isdigit(), line
     assert "trained 3 epoch(s), 3 iterations" in r.stdout
     assert "best AP" in r.stdout and f"files in {out}: best.pth, last.pth, metrics.jsonl" in r.stdout
+
+
+def test_predict_precision_options(model_path, tmp_path):
+    """`--fast` finds the same people as the bit-exact default (float rounding apart); a precision the CPU
+    cannot run is one line and exit 2, before anything is written."""
+    image = DATA / "coco" / "000000000785.jpg"
+    exact = rtmo("predict", image, "-m", model_path, "--save-json", "-q", "-o", tmp_path / "exact")
+    fast = rtmo("predict", image, "-m", model_path, "--save-json", "-q", "--fast", "-o", tmp_path / "fast")
+    assert exact.returncode == fast.returncode == 0, exact.stderr + fast.stderr
+    a, b = (json.loads((tmp_path / d / "predictions.json").read_text()) for d in ("exact", "fast"))
+    assert len(a) == len(b) > 0
+    assert max(abs(x["score"] - y["score"]) for x, y in zip(a, b)) < 1e-4
+    bad = rtmo("predict", image, "-m", model_path, "--precision", "fp16", "--device", "cpu", "-o",
+               tmp_path / "bad")
+    assert bad.returncode == 2 and "--precision fp16" in bad.stderr and "CUDA" in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1 and not (tmp_path / "bad").exists()

@@ -49,6 +49,12 @@ def add_predict(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--vid-stride", type=int, default=1, help="use every n-th video frame")
     p.add_argument("--max-frames", type=int, default=None, help="stop each video / stream after n frames")
     p.add_argument("--show", action="store_true", help="show results in a window (needs a display)")
+    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"),
+                   help="fp32 (bit-exact with mmpose), bf16 (CPUs with AVX512-BF16/AMX, GPUs) or fp16 "
+                        "(CUDA); for exported files: the runtime's precision (default: %(default)s)")
+    p.add_argument("--fast", action="store_true",
+                   help="checkpoints: fused BatchNorm/RepVGG, channels-last float32 (faster, float rounding "
+                        "instead of bit-exact)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar or summary")
     p.set_defaults(func=run_predict)
     return p
@@ -123,7 +129,13 @@ def run_predict(args: argparse.Namespace) -> int:
     from ..hub.zoo import ModelManager
     from ..infer.sources import stream_results
 
-    model = ModelManager.get(args.model, device=args.device, progress=not args.quiet)
+    try:
+        model = ModelManager.get(args.model, device=args.device, progress=not args.quiet,
+                                 precision=args.precision, fast=args.fast)
+    except ValueError as e:  # a precision this device or file cannot run (the typed errors say enough)
+        if type(e) is not ValueError or (args.precision == "fp32" and not args.fast):
+            raise
+        raise CLIError(f"--precision {args.precision}{' --fast' if args.fast else ''}: {e}") from None
     model_name = getattr(model, "checkpoint_info", {}).get("name", args.model)
 
     def warn(msg: str) -> None:
