@@ -14,9 +14,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..infer.writers import check_output_dir
 from ..utils.checkpoint import CheckpointError
 from ..utils.checkpoint import load_checkpoint as read_checkpoint_file
-from ..utils.fileio import atomic_path, atomic_write_text, blocking_file
+from ..utils.fileio import atomic_path, atomic_write_text
 from .recipes import TrainRecipe
 
 log = logging.getLogger("rtmo.train")
@@ -65,12 +66,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 def check_run_dir(out_dir: Path, resume: bool) -> None:
     """A run folder must be a folder, and a new run (not `resume`) must not mix with an old one: its
     `last.pth`, `best.pth` and `metrics.jsonl` would be overwritten or appended to."""
-    out_dir = Path(out_dir)
-    blocker = blocking_file(out_dir)
-    if blocker == out_dir:
-        raise ValueError(f"output folder {out_dir}: is a file, not a folder")
-    if blocker is not None:
-        raise ValueError(f"output folder {out_dir}: {blocker} is a file, not a folder")
+    out_dir = check_output_dir(out_dir, "output folder")  # a ValueError naming the file in the way
     if resume or not out_dir.is_dir():
         return
     found = [n for n in RUN_FILES if (out_dir / n).exists()]
