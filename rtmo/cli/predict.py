@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import re
 import signal
 import sys
 import time
@@ -49,6 +50,9 @@ def add_predict(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--vid-stride", type=int, default=1, help="use every n-th video frame")
     p.add_argument("--max-frames", type=int, default=None, help="stop each video / stream after n frames")
     p.add_argument("--show", action="store_true", help="show results in a window (needs a display)")
+    p.add_argument("--backend", default=None, choices=("torch", "onnxruntime", "openvino", "tensorrt"),
+                   help="runtime for an exported file (default: from its suffix: .onnx onnxruntime, .xml "
+                        "openvino, .engine tensorrt); checkpoints run on torch")
     p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"),
                    help="fp32 (bit-exact with mmpose), bf16 (CPUs with AVX512-BF16/AMX, GPUs) or fp16 "
                         "(CUDA); for exported files: the runtime's precision (default: %(default)s)")
@@ -131,11 +135,11 @@ def run_predict(args: argparse.Namespace) -> int:
 
     try:
         model = ModelManager.get(args.model, device=args.device, progress=not args.quiet,
-                                 precision=args.precision, fast=args.fast)
-    except ValueError as e:  # a precision this device or file cannot run (the typed errors say enough)
-        if type(e) is not ValueError or (args.precision == "fp32" and not args.fast):
+                                 precision=args.precision, fast=args.fast, backend=args.backend)
+    except ValueError as e:  # a backend or precision this file or device cannot run (typed errors say enough)
+        if type(e) is not ValueError or (args.precision == "fp32" and not args.fast and args.backend is None):
             raise
-        raise CLIError(f"--precision {args.precision}{' --fast' if args.fast else ''}: {e}") from None
+        raise CLIError(re.sub(r"backend='(\w+)'", r"--backend \1", str(e))) from None  # the CLI's words
     model_name = getattr(model, "checkpoint_info", {}).get("name", args.model)
 
     def warn(msg: str) -> None:

@@ -215,6 +215,8 @@ class OpenVINOModel(ExportedModel):
             self._decoder_request = self._decoder.create_infer_request()
             self._decoder_outputs = [self._decoder.output(n) for n in OUTPUT_NAMES]
         self.request = self.compiled.create_infer_request()
+        if self._decoder is not None:
+            self._between_ports = [(n, self.compiled.output(n)) for n in self._between]
         if path.suffix.lower() == ".onnx":
             meta = read_metadata(onnx_props(path))
             selection = selection if "score_thr" in meta else {**selection, **graph_selection(path)}
@@ -232,7 +234,7 @@ class OpenVINOModel(ExportedModel):
         res = self.request.infer({0: batch})
         if self._decoder is None:
             return res[self._outputs[0]].copy(), res[self._outputs[1]].copy()
-        out = self._decoder_request.infer({n: res[self.compiled.output(n)] for n in self._between})
+        out = self._decoder_request.infer({n: res[port] for n, port in self._between_ports})
         return out[self._decoder_outputs[0]].copy(), out[self._decoder_outputs[1]].copy()
 
 
