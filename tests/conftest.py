@@ -41,6 +41,17 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
             report.longrepr = f"required shared file missing: {reason}"
 
 
+@pytest.fixture(autouse=True)
+def no_leftover_processes():
+    """A test leaves no multiprocessing child behind (DataLoader workers, say): left to the garbage
+    collector, they are torn down later, inside whatever test then runs."""
+    import multiprocessing
+
+    yield
+    left = multiprocessing.active_children()
+    assert not left, f"child processes outlived the test: {left}"
+
+
 def require(path: Path) -> Path:
     """`path` (a file or folder under SHARED), or skip the test when it is missing (fail where required)."""
     if not path.exists():

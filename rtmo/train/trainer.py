@@ -4,6 +4,7 @@ metrics logging, and DDP through `torchrun`. `rtmo.train.run.train` builds a `Tr
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import random
@@ -207,9 +208,19 @@ class Trainer:
 
             bar = tqdm(total=n, desc=f"epoch {epoch + 1}/{rec.schedule.epochs}", dynamic_ncols=True,
                        leave=False)
+        batches = iter(loader)
+        try:
+            self._train_steps(itertools.islice(batches, n), n, epoch, bar)
+        finally:
+            _end_workers(batches)
+            if bar is not None:
+                bar.close()
+
+    def _train_steps(self, batches: Iterable, n: int, epoch: int, bar: Any) -> None:
+        rec, model = self.recipe, self.ddp
         params = [p for p in self.model.parameters() if p.requires_grad]
         t0 = time.perf_counter()
-        for i, batch in enumerate(_take(loader, n)):
+        for i, batch in enumerate(batches):
             images, targets = batch
             images = images.to(self.device, non_blocking=True).float()
             targets = to_device(targets, self.device)
@@ -264,8 +275,6 @@ class Trainer:
                 rec_.update({k: float(v.detach().float().mean()) for k, v in out.items()
                              if isinstance(v, torch.Tensor)})
                 self._log(rec_)
-        if bar is not None:
-            bar.close()
 
     def _base_lr(self) -> float:
         return max(g["lr"] for g in self.optimizer.param_groups)
@@ -428,8 +437,10 @@ def _hms(seconds: float) -> str:
     return f"{h}:{m:02d}:{s:02d}"
 
 
-def _take(it: Iterable, n: int) -> Iterable:
-    for i, x in enumerate(it):
-        if i >= n:
-            break
-        yield x
+def _end_workers(batches: Iterable) -> None:
+    """End the epoch's worker processes now, also when it stops early (an error, `max_iters_per_epoch`).
+    Left to the iterator's finaliser they outlive a failed epoch: its traceback keeps the iterator alive,
+    and the workers are torn down at some later garbage collection, in whatever code runs then."""
+    shutdown = getattr(batches, "_shutdown_workers", None)  # torch's multi-process iterator only
+    if shutdown is not None:
+        shutdown()
