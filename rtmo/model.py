@@ -138,7 +138,8 @@ class RTMO(PoseAPI, nn.Module):
 
         `fast=True` with 'fp32' does the same in float32 (fused BatchNorm/RepVGG, channels-last, one fused
         SiLU for mmpose's two-op Swish): outputs within float rounding of the bit-exact mode, not identical
-        (folding BatchNorm reorders the arithmetic; bench/bench_all.py measures the deviation). Reduced
+        (folding BatchNorm and the DCC's reassociated bin products reorder the arithmetic;
+        bench/bench_all.py measures the deviation). Reduced
         precisions are always fast. Call after moving the model to its device. Raises ValueError when the
         device lacks the precision."""
         if precision not in PRECISIONS:
@@ -161,6 +162,7 @@ class RTMO(PoseAPI, nn.Module):
                 if isinstance(module, ConvModule) and isinstance(module.activate, Swish):
                     module.activate = nn.SiLU(inplace=True)  # its input is the fresh conv output
             self.to(memory_format=torch.channels_last)
+            self.head.dcc.reassociate = True
             self.fast = True
         self.precision = precision
         return self

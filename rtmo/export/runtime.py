@@ -31,6 +31,7 @@ from .contract import (
     onnx_props,
     read_metadata,
 )
+from .optimize import optimized_onnx, reassociate_bin_products
 from .tensorrt import TENSORRT_SUFFIXES, TensorRTModel, build_engine
 
 BACKENDS = ("onnxruntime", "openvino", "tensorrt")
@@ -79,12 +80,13 @@ class OnnxRuntimeModel(ExportedModel):
     """An exported RTMO graph on ONNX Runtime (device None: CUDA when available, else CPU).
 
     `num_threads`: intra-op threads (default: the physical cores); `spinning`: let idle pool threads
-    spin (default SPINNING_DEFAULT)."""
+    spin (default SPINNING_DEFAULT); `optimize`: open the graph with `rtmo.export.optimize`'s rewrites
+    (the DCC's reassociated bin products; equal up to float rounding), False runs the file as it is."""
 
     backend = "onnxruntime"
 
     def __init__(self, path: str | Path, providers: list[Any] | None = None, num_threads: int | None = None,
-                 device: Any = None, spinning: bool | None = None):
+                 device: Any = None, spinning: bool | None = None, optimize: bool = True):
         import onnxruntime as ort
 
         path = check_file(path, (".onnx",))
@@ -96,7 +98,9 @@ class OnnxRuntimeModel(ExportedModel):
         self.num_threads = opts.intra_op_num_threads
         providers = providers or _ort_providers(device)
         try:
-            self.session = ort.InferenceSession(str(path), opts, providers=providers)
+            source = optimized_onnx(path) if optimize else None
+            self.session = ort.InferenceSession(str(path) if source is None else source, opts,
+                                                providers=providers)
         except Exception as e:  # invalid protobuf, unknown ops, truncated file ...
             raise ModelFileError(f"{path}: not a readable ONNX model ({first_line(e)}); "
                                  f"{CONTRACT}") from None
@@ -120,20 +124,23 @@ class OnnxRuntimeModel(ExportedModel):
 _OV_PRECISION = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
 
 
-def split_at_decoder(path: Path) -> tuple[Any, Any, list[str]] | None:
+def split_at_decoder(path: Path, optimize: bool = True) -> tuple[Any, Any, list[str]] | None:
     """An rtmo-exported ONNX graph cut in two: the network (`input` -> head maps, priors, canvas size) and
     the decoder (-> `dets`, `keypoints`), as ONNX models, and the names of the tensors between them.
 
     Reduced precision then runs only the network at bf16/fp16 while selection, NMS and DCC stay in float32,
     as the torch model does: OpenVINO's whole-graph bf16 moves keypoints by about 1 px (the DCC's bin
     softmax is sensitive), the cut one by a few hundredths, for ~5 % more time. None for graphs without
-    rtmo's `/decoder/` scope (mmdeploy's) or without the `onnx` package."""
+    rtmo's `/decoder/` scope (mmdeploy's) or without the `onnx` package. `optimize`: the decoder with
+    `reassociate_bin_products` applied."""
     try:
         import onnx
         from onnx.utils import Extractor
     except ImportError:
         return None
     model = onnx.load(str(path))
+    if optimize:
+        reassociate_bin_products(model)
     graph = model.graph
     fixed = {i.name for i in graph.initializer} | {o for n in graph.node if n.op_type == "Constant"
                                                    for o in n.output}
@@ -162,12 +169,13 @@ class OpenVINOModel(ExportedModel):
     `precision`: 'fp32' (default, also on CPUs with bf16 units), 'bf16' or 'fp16' (INFERENCE_PRECISION_HINT;
     refused when the device lacks it). For rtmo's own .onnx files reduced precision covers the network only,
     the decoder (selection, NMS, DCC) stays float32 (`split_at_decoder`); IR files and mmdeploy's graphs run
-    whole at that precision. An INT8 IR (see `rtmo.export.quantize`) runs as quantized."""
+    whole at that precision. An INT8 IR (see `rtmo.export.quantize`) runs as quantized. `optimize`: .onnx
+    files are opened with `rtmo.export.optimize`'s rewrites (as on ONNX Runtime)."""
 
     backend = "openvino"
 
     def __init__(self, path: str | Path, device: Any = None, num_threads: int | None = None,
-                 precision: str = "fp32"):
+                 precision: str = "fp32", optimize: bool = True):
         try:
             import openvino as ov
         except ImportError as e:
@@ -184,7 +192,8 @@ class OpenVINOModel(ExportedModel):
                                  "(an OpenVINO IR is an .xml and a .bin side by side)")
         core = ov.Core()
         try:
-            model = core.read_model(str(path))
+            source = optimized_onnx(path) if optimize and path.suffix.lower() == ".onnx" else None
+            model = core.read_model(str(path) if source is None else source)
         except Exception as e:
             raise ModelFileError(f"{path}: not a readable model ({first_line(e)}); {CONTRACT}") from None
         ins = [(i.get_any_name(), graph_dims(_ov_dims(i)), str(i.get_element_type())) for i in model.inputs]
@@ -202,7 +211,8 @@ class OpenVINOModel(ExportedModel):
             config["INFERENCE_PRECISION_HINT"] = _OV_PRECISION[precision]
         elif precision != "fp32":
             config["INFERENCE_PRECISION_HINT"] = _OV_PRECISION[precision]
-        parts = split_at_decoder(path) if precision != "fp32" and path.suffix.lower() == ".onnx" else None
+        parts = (split_at_decoder(path, optimize) if precision != "fp32" and path.suffix.lower() == ".onnx"
+                 else None)
         self._decoder = None
         if parts is None:
             self.compiled = core.compile_model(model, ov_device, config)
