@@ -42,13 +42,14 @@ def default_backend(model_or_path: Any) -> str:
 
 
 def load_backend(model_or_path: Any, backend: str | None = None, threads: int | None = None,
-                 device: str | None = None, workdir: str | Path | None = None, precision: str = "fp32"
-                 ) -> Any:
+                 device: str | None = None, workdir: str | Path | None = None, precision: str = "fp32",
+                 fast: bool = False) -> Any:
     """An object with the RTMO inference API (`input_size`, `predict_batch`, `infer`) on `backend`
     (default: `default_backend`).
 
     `model_or_path`: an RTMO, a checkpoint path / official name (torch backends, or exported on the fly),
     or an exported .onnx / .xml / .engine file. Exports go to `workdir` (a temporary folder by default).
+    `fast`: torch backends only, `RTMO.set_precision(fast=True)`.
     """
     backend = backend or default_backend(model_or_path)
     if backend not in BACKENDS:
@@ -61,13 +62,15 @@ def load_backend(model_or_path: Any, backend: str | None = None, threads: int | 
 
         if threads:
             torch.set_num_threads(threads)
-        model = _torch_model(model_or_path, device, precision)
+        model = _torch_model(model_or_path, device, precision, fast)
         if backend == "torch-compile":
             import copy
 
             model = copy.deepcopy(model)
             model.forward_maps = torch.compile(model.forward_maps)  # NMS/DCC stay eager (dynamic sizes)
         return model
+    if fast:
+        raise ValueError(f"fast=True (--fast) is for the torch backends; {backend} runs exported graphs")
     from .export.runtime import build_engine, load_exported
 
     if suffix in EXPORTED:
@@ -81,14 +84,14 @@ def load_backend(model_or_path: Any, backend: str | None = None, threads: int | 
                          precision="fp32" if backend == "tensorrt" else precision)
 
 
-def _torch_model(model_or_path: Any, device: str | None, precision: str = "fp32") -> Any:
+def _torch_model(model_or_path: Any, device: str | None, precision: str = "fp32", fast: bool = False) -> Any:
     if hasattr(model_or_path, "predict_batch") and hasattr(model_or_path, "parameters"):
         from .utils.device import resolve_device
 
-        return model_or_path.eval().to(resolve_device(device)).set_precision(precision)
+        return model_or_path.eval().to(resolve_device(device)).set_precision(precision, fast=fast)
     from .hub.zoo import ModelManager
 
-    return ModelManager.get(str(model_or_path), device=device, precision=precision)
+    return ModelManager.get(str(model_or_path), device=device, precision=precision, fast=fast)
 
 
 def _export(model_or_path: Any, workdir: str | Path | None) -> Path:
@@ -241,7 +244,8 @@ def benchmark(model_or_path: Any, backend: str | None = None, batch_sizes: tuple
               images: list[str | Path] | None = None,
               threads: int | None = None, device: str | None = None, workdir: str | Path | None = None,
               model: Any = None, threshold: float | None = None, precision: str = "fp32",
-              data_root: str | Path | None = None, nms_threshold: float | None = None) -> dict[str, Any]:
+              data_root: str | Path | None = None, nms_threshold: float | None = None,
+              fast: bool = False) -> dict[str, Any]:
     """Benchmark one backend; returns a JSON-ready dict (see `format_table`). Pass `model` to reuse an
     already loaded backend object (then `model_or_path` is only used as its label).
 
@@ -259,7 +263,7 @@ def benchmark(model_or_path: Any, backend: str | None = None, batch_sizes: tuple
     backend = backend or default_backend(model if model is not None else model_or_path)
     t0 = time.perf_counter()
     if model is None:
-        model = load_backend(model_or_path, backend, threads, device, workdir, precision)
+        model = load_backend(model_or_path, backend, threads, device, workdir, precision, fast)
     load_s = time.perf_counter() - t0
     dev = str(getattr(model, "device", "cpu"))
     on_cuda = dev.startswith("cuda") or backend == "tensorrt"
@@ -270,6 +274,7 @@ def benchmark(model_or_path: Any, backend: str | None = None, batch_sizes: tuple
         "backend": backend, "model": str(getattr(model, "path", None) or _label(model_or_path)),
         "input_size": list(input_size), "threads": threads or getattr(model, "num_threads", None) or
         _torch_threads(backend), "device": dev, "precision": getattr(model, "precision", precision),
+        "fast": bool(getattr(model, "fast", False)),
         "threshold": threshold, "nms_threshold": nms_threshold, "runs": runs, "warmup": warmup,
         "load_s": load_s, "rows": []}
 

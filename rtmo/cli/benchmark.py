@@ -19,6 +19,9 @@ def add_benchmark(sub: Any) -> argparse.ArgumentParser:
                    help="default: from the file suffix (.onnx onnxruntime, .xml openvino, .engine tensorrt), "
                         "torch for checkpoints")
     p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"))
+    p.add_argument("--fast", action="store_true",
+                   help="torch backends: fused BatchNorm/RepVGG, channels-last float32, reassociated DCC "
+                        "(float rounding instead of bit-exact)")
     p.add_argument("--batch-sizes", default="1,4", help="comma separated, e.g. 1,4")
     p.add_argument("--runs", type=int, default=20)
     p.add_argument("--warmup", type=int, default=3)
@@ -69,7 +72,7 @@ def run_benchmark(args: argparse.Namespace) -> int:
 
     res = benchmark(model, args.backend, sizes, args.runs, args.warmup, args.persons, args.images,
                     args.threads, args.device, threshold=args.threshold, precision=args.precision,
-                    data_root=args.data, nms_threshold=args.nms_threshold)
+                    data_root=args.data, nms_threshold=args.nms_threshold, fast=args.fast)
     print(format_table(res))
     if out_dir is not None:
         from ..utils.fileio import atomic_write_text
