@@ -162,7 +162,7 @@ class RTMO(PoseAPI, nn.Module):
                 if isinstance(module, ConvModule) and isinstance(module.activate, Swish):
                     module.activate = nn.SiLU(inplace=True)  # its input is the fresh conv output
             self.to(memory_format=torch.channels_last)
-            self.head.dcc.reassociate = True
+            self.head.dcc.fast = True
             self.fast = True
         self.precision = precision
         return self

@@ -176,23 +176,25 @@ def test_fp32_fast_within_float_rounding_of_bit_exact():
         kpt.append(np.abs(b.keypoints - a.keypoints).ravel())
     kpt = np.concatenate(kpt)
     assert np.median(kpt) < 1e-2 and kpt.max() < 10.0, (np.median(kpt), kpt.max())
-    assert fast.head.dcc.reassociate and not exact.head.dcc.reassociate
+    assert fast.head.dcc.fast and not exact.head.dcc.fast
     with pytest.raises(ValueError, match="load the model again"):
         fast.set_precision("fp32")  # fusing is irreversible
     assert fast.set_precision("fp32", fast=True) is fast
 
 
 def test_reassociated_dcc_is_the_same_product():
-    """The fast path's DCC computes feats @ (E W^T + b)^T as (feats @ W) @ E^T + feats @ b: in float64 the
-    two orders agree to 1e-12 relative (pure algebra), and on the fixture DCC in float32 the heatmaps agree
-    to float rounding (softmax of logits that differ by ~1e-6 relative; 1e-4 absolute on probabilities)."""
+    """The fast path's DCC computes feats @ (E W^T + b)^T as (feats @ W) @ E^T + feats @ b (E's cos and sin
+    halves as two products) and softmax without softmax_1d's clamp/eps: in float64 the two orders agree to
+    1e-12 (pure algebra), and on the fixture DCC in float32 the heatmaps agree to float rounding (logits
+    that differ by ~1e-6 relative; 1e-4 absolute on probabilities)."""
     from rtmo.nn.dcc import _bin_logits
+    from rtmo.nn.layers import SinePositionalEncoding
 
     g = torch.Generator().manual_seed(0)
-    fc = torch.nn.Linear(128, 96).double()
-    feats, enc = torch.randn(5, 17, 96, generator=g).double(), torch.randn(5, 192, 128, generator=g).double()
-    plain = torch.matmul(feats, fc(enc).transpose(-1, -2))
-    torch.testing.assert_close(_bin_logits(feats, fc, enc), plain, rtol=1e-12, atol=1e-12)
+    fc, spe = torch.nn.Linear(128, 96).double(), SinePositionalEncoding(128, 300.0).double()
+    feats, pos = torch.randn(5, 17, 96, generator=g).double(), torch.randn(5, 192, generator=g).double() * 300
+    plain = torch.matmul(feats, fc(spe.encode_1d(pos)).transpose(-1, -2))
+    torch.testing.assert_close(_bin_logits(feats, fc, spe, pos), plain, rtol=1e-12, atol=1e-12)
 
     dcc = fixture_model("t").head.dcc.eval()
     n = 40
@@ -201,9 +203,9 @@ def test_reassociated_dcc_is_the_same_product():
     grids = torch.rand(n, 2, generator=g) * 400
     with torch.no_grad():
         ref = dcc.heatmaps(pose, cs, grids)
-        dcc.reassociate = True
+        dcc.fast = True
         new = dcc.heatmaps(pose, cs, grids)
-        dcc.reassociate = False
+        dcc.fast = False
     for a, b in zip(ref, new):
         assert not torch.equal(a, b)  # another order of products: not the same bits
         torch.testing.assert_close(b, a, rtol=0, atol=1e-4)

@@ -18,8 +18,10 @@ import numpy as np
 
 def reassociate_bin_products(model: Any) -> int:
     """Rewrite, in place, every `MatMul(A, Transpose(Add(MatMul(E, W), b)))` with constant 2-D `W`, 1-D `b`
-    and a last-two-axes transpose into `MatMul(MatMul(A, W^T), Transpose(E)) + MatMul(A, b[:, None])`.
-    Returns how many products were rewritten (0 leaves the model as it was)."""
+    and a last-two-axes transpose into `MatMul(MatMul(A, W^T), Transpose(E)) + MatMul(A, b[:, None])`; when
+    E is the sine encoding `Concat(Cos(F), Sin(F))`, into one product per half, `(A W_cos^T) cos(F^T) +
+    (A W_sin^T) sin(F^T)`, so the encoding is never materialised. Returns how many products were rewritten
+    (0 leaves the model as it was)."""
     from onnx import helper, numpy_helper
 
     graph = model.graph
@@ -67,21 +69,42 @@ def reassociate_bin_products(model: Any) -> int:
         if w.ndim != 2 or b.shape != (w.shape[1],):
             continue
         p = outer.name or outer.output[0]
-        wt = numpy_helper.from_array(np.ascontiguousarray(w.T), f"{p}/reassoc/weight_t")
         bc = numpy_helper.from_array(np.ascontiguousarray(b.reshape(-1, 1)), f"{p}/reassoc/bias")
-        graph.initializer.extend([wt, bc])
+        graph.initializer.append(bc)
 
         def node(op: str, inputs: list[str], out: str, prefix: str = p, **attrs: Any) -> Any:
             name = f"{prefix}/reassoc/{out}"
             return helper.make_node(op, inputs, [name], name=name, **attrs)
 
-        weighted = node("MatMul", [feats, wt.name], "weighted")
-        enc_t = node("Transpose", [inner.input[0]], "enc_t", perm=perm)
-        prod = node("MatMul", [weighted.output[0], enc_t.output[0]], "prod")
         offset = node("MatMul", [feats, bc.name], "offset")
+        halves = _sine_halves(nodes, inner.input[0], len(perm), w.shape[0], only_use)
+        if halves is None:  # any encoding: one product with its transpose
+            wt = numpy_helper.from_array(np.ascontiguousarray(w.T), f"{p}/reassoc/weight_t")
+            graph.initializer.append(wt)
+            weighted = node("MatMul", [feats, wt.name], "weighted")
+            enc_t = node("Transpose", [inner.input[0]], "enc_t", perm=perm)
+            prod = node("MatMul", [weighted.output[0], enc_t.output[0]], "prod")
+            new_nodes = [weighted, enc_t, prod]
+        else:  # Concat(Cos(F), Sin(F)): one product per half, the (n, bins, S) encoding never built
+            encoders, freq = halves
+            drop |= {producer[inner.input[0]], *encoders}
+            half = w.shape[0] // 2
+            freq_t = node("Transpose", [freq], "freq_t", perm=perm)
+            new_nodes, parts = [freq_t], []
+            for j, k_enc in enumerate(encoders):
+                wj = numpy_helper.from_array(np.ascontiguousarray(w.T[:, j * half:(j + 1) * half]),
+                                             f"{p}/reassoc/weight_t{j}")
+                graph.initializer.append(wj)
+                weighted = node("MatMul", [feats, wj.name], f"weighted{j}")
+                enc_t = node(nodes[k_enc].op_type, [freq_t.output[0]], f"enc{j}_t")
+                part = node("MatMul", [weighted.output[0], enc_t.output[0]], f"prod{j}")
+                new_nodes += [weighted, enc_t, part]
+                parts.append(part.output[0])
+            prod = node("Add", parts, "prod")
+            new_nodes.append(prod)
         total = helper.make_node("Add", [prod.output[0], offset.output[0]], list(outer.output),
                                  name=f"{p}/reassoc/sum")
-        replace[k_outer] = [weighted, enc_t, prod, offset, total]
+        replace[k_outer] = [*new_nodes, offset, total]
         drop |= {k_inner, k_add, k_tr}
         orphans |= {inner.input[1], bias[0]}
     if not replace:
@@ -99,6 +122,26 @@ def reassociate_bin_products(model: Any) -> int:
     del graph.initializer[:]
     graph.initializer.extend(kept)
     return len(replace)
+
+
+def _sine_halves(nodes: list[Any], enc: str, rank: int, width: int, only_use: Any
+                 ) -> tuple[list[int], str] | None:
+    """When `enc` (`width` wide) is Concat(Cos(F), Sin(F)) (either order) on the last axis, each part used
+    only there: the Cos/Sin nodes' indices in concatenation order and F; else None."""
+    k = only_use(enc, "Concat")
+    if k is None or width % 2 or len(nodes[k].input) != 2:
+        return None
+    axis = next((a.i for a in nodes[k].attribute if a.name == "axis"), None)
+    if axis not in (-1, rank - 1):
+        return None
+    encoders = []
+    for name in nodes[k].input:
+        j = only_use(name, "Cos")
+        encoders.append(only_use(name, "Sin") if j is None else j)
+    if None in encoders or sorted(nodes[j].op_type for j in encoders) != ["Cos", "Sin"]:
+        return None
+    freq = {nodes[j].input[0] for j in encoders}
+    return (encoders, freq.pop()) if len(freq) == 1 else None
 
 
 def optimized_onnx(path: Any) -> bytes | None:
