@@ -41,14 +41,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_peers import matched_deviations, rtmlib_model  # noqa: E402
+from paths import ROOT, SHARED  # noqa: E402
 from precision_accuracy import accuracy_rows, build_paths  # noqa: E402
 
 from rtmo.infer.api import preprocess  # noqa: E402
 from rtmo.infer.image import read_image  # noqa: E402
 from rtmo.utils.fileio import atomic_write_text  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("RTMO_SHARED", ROOT.parent / "shared"))
 FIX_S = SHARED / "fixtures" / "rtmo-s_8xb32-600e_coco-640x640_seed0"
 MMPOSE_PY = Path.home() / ".cache" / "mmpose-ref" / "venv" / "bin" / "python"
 PAUSE_S = 0.02

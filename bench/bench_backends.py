@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 import torch
+from paths import SHARED  # noqa: E402
 
 from rtmo import RTMO, RTMOConfig
 from rtmo.export.onnx import export_onnx
@@ -29,8 +30,6 @@ from rtmo.export.runtime import OnnxRuntimeModel, OpenVINOModel
 from rtmo.infer.api import infer, preprocess
 from rtmo.infer.image import read_image
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
 FIXTURES = {"s": "rtmo-s_8xb32-600e_coco-640x640_seed0", "t": "rtmo-t_8xb32-600e_body7-416x416_seed0"}
 MMPOSE_S_SECONDS = 0.269  # mmpose RTMO-s end-to-end on this CPU class (from the issue)
 

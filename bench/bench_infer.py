@@ -18,13 +18,12 @@ import time
 from pathlib import Path
 
 import torch
+from paths import ROOT, SHARED  # noqa: E402
 
 import rtmo
 from rtmo.infer.api import preprocess
 from rtmo.infer.image import read_image
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
 FIXTURES = {"s": "rtmo-s_8xb32-600e_coco-640x640_seed0", "t": "rtmo-t_8xb32-600e_body7-416x416_seed0"}
 
 

@@ -33,9 +33,8 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from paths import ROOT, SHARED  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("RTMO_SHARED", ROOT.parent / "shared"))
 FIX_S = SHARED / "fixtures" / "rtmo-s_8xb32-600e_coco-640x640_seed0"
 FIX_T = SHARED / "fixtures" / "rtmo-t_8xb32-600e_body7-416x416_seed0"
 

@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 import torch
+from paths import ROOT, SHARED  # noqa: E402
 
 from rtmo import RTMO, RTMOConfig
 from rtmo.nn.init import init_weights
@@ -35,8 +36,6 @@ from rtmo.train.losses import Criterion
 from rtmo.train.optim import build_optimizer
 from rtmo.train.recipes import DatasetSpec, TrainRecipe
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
 TOOL = SHARED / "tools" / "mmpose-ref"
 RECIPES = {"s": "rtmo-s_8xb32-600e_coco-640x640", "m": "rtmo-m_16xb16-600e_coco-640x640",
            "l": "rtmo-l_16xb16-600e_coco-640x640"}

@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from paths import SHARED  # noqa: E402
 
 from rtmo.config import keypoint_info_for
 from rtmo.eval.coco import (
@@ -34,7 +35,6 @@ from rtmo.eval.coco import (
     predict_dataset,
 )
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 COCO_ANN = SHARED / "data" / "coco" / "test_coco.json"
 CROWD_ANN = SHARED / "data" / "crowdpose" / "test_crowdpose.json"
 

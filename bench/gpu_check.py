@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import time
@@ -21,9 +20,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from paths import ROOT, SHARED  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("RTMO_SHARED", ROOT.parent / "shared"))
 FIX_S = SHARED / "fixtures" / "rtmo-s_8xb32-600e_coco-640x640_seed0"
 
 

@@ -34,9 +34,8 @@ import time
 from pathlib import Path
 
 import httpx
+from paths import ROOT, SHARED  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
 FIXTURE = SHARED / "fixtures/rtmo-t_8xb32-600e_body7-416x416_seed0/rtmo-t_8xb32-600e_body7-416x416_seed0.pth"
 
 

@@ -18,10 +18,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from paths import SHARED  # noqa: E402
 
 import rtmo
-
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 
 
 def find_image(stem: str) -> Path:

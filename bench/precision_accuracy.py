@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import tempfile
@@ -32,14 +31,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_peers import matched_deviations  # noqa: E402
+from paths import SHARED  # noqa: E402
 
 from rtmo import ModelManager  # noqa: E402
 from rtmo.eval.coco import evaluate_model  # noqa: E402
 from rtmo.export.onnx import export_onnx  # noqa: E402
 from rtmo.export.quantize import quantize_onnx, quantize_openvino  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("RTMO_SHARED", ROOT.parent / "shared"))
 COCO = SHARED / "data" / "coco"
 
 

@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from paths import SHARED  # noqa: E402
 
 from rtmo.config import COCO_KEYPOINTS
 from rtmo.infer.results import PoseResult
@@ -32,7 +33,6 @@ from rtmo.infer.smooth import OneEuroConfig, PoseSmoother
 from rtmo.infer.track import Tracker, TrackerConfig
 from rtmo.ops.boxes_np import iou_matrix
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 FIXTURE = "rtmo-s_8xb32-600e_coco-640x640_seed0"
 DEFAULT_MODEL = SHARED / "fixtures" / FIXTURE / f"{FIXTURE}.pth"
 
