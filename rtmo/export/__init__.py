@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -106,9 +107,11 @@ def _write_openvino_ir(onnx_path: Path, xml: Path) -> Path:
     import onnx
 
     from .files import save_openvino_ir
+    from .optimize import optimized_onnx
 
     meta = {p.key: p.value for p in onnx.load(str(onnx_path), load_external_data=False).metadata_props}
-    ov_model = ov.convert_model(str(onnx_path))
+    rewritten = optimized_onnx(onnx_path)  # the IR carries the reassociated DCC (runtimes only see the IR)
+    ov_model = ov.convert_model(str(onnx_path) if rewritten is None else io.BytesIO(rewritten))
     for key, value in meta.items():
         ov_model.set_rt_info(value, [key])
     return save_openvino_ir(ov_model, xml)

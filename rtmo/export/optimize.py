@@ -151,7 +151,10 @@ def optimized_onnx(path: Any) -> bytes | None:
         import onnx
     except ImportError:
         return None
-    model = onnx.load(str(path))
+    try:
+        model = onnx.load(str(path))
+    except Exception:  # noqa: BLE001 - not readable here: the runtime opens (or refuses) the file itself
+        return None
     if model.ByteSize() > 2**31 - 2**20 or not reassociate_bin_products(model):
         return None
     return model.SerializeToString()

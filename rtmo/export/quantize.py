@@ -28,6 +28,7 @@ import numpy as np
 from ..utils.fileio import atomic_path
 from .contract import METADATA_PREFIX
 from .files import save_openvino_ir
+from .optimize import optimized_onnx
 from .runtime import OnnxRuntimeModel
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
@@ -143,7 +144,8 @@ def quantize_openvino(onnx_path: str | os.PathLike, out_xml: str | os.PathLike,
         raise ValueError(f"{out}: the OpenVINO IR output must end in .xml (the weights go to .bin beside it)")
     fp32 = OnnxRuntimeModel(src, device="cpu")
     files = calibration_files(calibration_images, limit)
-    model = ov.Core().read_model(str(src))
+    rewritten = optimized_onnx(src)  # the IR carries the reassociated DCC, as the fp32 runtimes run it
+    model = ov.Core().read_model(str(src) if rewritten is None else rewritten)
     ops = model.get_ordered_ops()
     cut = next((i for i, op in enumerate(ops) if op.get_type_name().startswith("NonMaxSuppression")), None)
     if cut is None:
