@@ -49,7 +49,8 @@ def load_backend(model_or_path: Any, backend: str | None = None, threads: int | 
 
     `model_or_path`: an RTMO, a checkpoint path / official name (torch backends, or exported on the fly),
     or an exported .onnx / .xml / .engine file. Exports go to `workdir` (a temporary folder by default).
-    `fast`: torch backends only, `RTMO.set_precision(fast=True)`.
+    `fast`: `RTMO.set_precision(fast=True)` on the torch backends; exported graphs run that way already
+    (their runtime folds BatchNorm, rtmo rewrites the DCC when opening them), as `ModelManager.get` has it.
     """
     backend = backend or default_backend(model_or_path)
     if backend not in BACKENDS:
@@ -69,8 +70,6 @@ def load_backend(model_or_path: Any, backend: str | None = None, threads: int | 
             model = copy.deepcopy(model)
             model.forward_maps = torch.compile(model.forward_maps)  # NMS/DCC stay eager (dynamic sizes)
         return model
-    if fast:
-        raise ValueError(f"fast=True (--fast) is for the torch backends; {backend} runs exported graphs")
     from .export.runtime import build_engine, load_exported
 
     if suffix in EXPORTED:
@@ -274,7 +273,7 @@ def benchmark(model_or_path: Any, backend: str | None = None, batch_sizes: tuple
         "backend": backend, "model": str(getattr(model, "path", None) or _label(model_or_path)),
         "input_size": list(input_size), "threads": threads or getattr(model, "num_threads", None) or
         _torch_threads(backend), "device": dev, "precision": getattr(model, "precision", precision),
-        "fast": bool(getattr(model, "fast", False)),
+        "fast": getattr(model, "fast", None),  # None: an exported graph (see load_backend)
         "threshold": threshold, "nms_threshold": nms_threshold, "runs": runs, "warmup": warmup,
         "load_s": load_s, "rows": []}
 

@@ -48,7 +48,6 @@ def test_persons_reports_cost_per_detection_count(tmp_path):
     (["--images", "nope.jpg"], "nope.jpg: no such file"),
     (["--threshold", "2"], "threshold must be in [0, 1]"),
     (["--backend", "openvino", "--precision", "int4"], "invalid choice"),
-    (["--fast"], "--fast) is for the torch backends"),
 ])
 def test_bad_options_get_one_line(args, words):
     res = _rtmo("--model", _onnx(), *args)

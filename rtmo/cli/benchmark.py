@@ -20,8 +20,8 @@ def add_benchmark(sub: Any) -> argparse.ArgumentParser:
                         "torch for checkpoints")
     p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"))
     p.add_argument("--fast", action="store_true",
-                   help="torch backends: fused BatchNorm/RepVGG, channels-last float32, reassociated DCC "
-                        "(float rounding instead of bit-exact)")
+                   help="checkpoints: fused BatchNorm/RepVGG, channels-last float32, reassociated DCC "
+                        "(float rounding instead of bit-exact); exported graphs already run this way")
     p.add_argument("--batch-sizes", default="1,4", help="comma separated, e.g. 1,4")
     p.add_argument("--runs", type=int, default=20)
     p.add_argument("--warmup", type=int, default=3)

@@ -57,8 +57,8 @@ def add_predict(sub: Any) -> argparse.ArgumentParser:
                    help="fp32 (bit-exact with mmpose), bf16 (CPUs with AVX512-BF16/AMX, GPUs) or fp16 "
                         "(CUDA); for exported files: the runtime's precision (default: %(default)s)")
     p.add_argument("--fast", action="store_true",
-                   help="checkpoints: fused BatchNorm/RepVGG, channels-last float32 (faster, float rounding "
-                        "instead of bit-exact)")
+                   help="checkpoints: fused BatchNorm/RepVGG, channels-last float32, reassociated DCC "
+                        "(faster, float rounding instead of bit-exact); exported graphs already run this way")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar or summary")
     p.set_defaults(func=run_predict)
     return p

@@ -252,7 +252,8 @@ class ModelManager:
         intra-op threads. Exported files (.onnx, .xml, .engine) open with their runtime, never importing
         torch for ONNX Runtime / OpenVINO: `backend` 'onnxruntime' | 'openvino' | 'tensorrt' (default by
         suffix), `num_threads` (default: the physical cores), `device`, `precision` (see
-        `rtmo.export.runtime.load_exported`)."""
+        `rtmo.export.runtime.load_exported`); they already run as `fast=True` would make them (their
+        runtime folds BatchNorm, `rtmo.export.optimize` rewrites the DCC), so `fast` changes nothing there."""
         if input_size is not None:
             input_size = check_input_size(input_size)
         if num_threads is not None and (isinstance(num_threads, bool) or not isinstance(num_threads, int)
