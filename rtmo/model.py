@@ -139,9 +139,8 @@ class RTMO(PoseAPI, nn.Module):
         `fast=True` with 'fp32' does the same in float32 (fused BatchNorm/RepVGG, channels-last, one fused
         SiLU for mmpose's two-op Swish): outputs within float rounding of the bit-exact mode, not identical
         (folding BatchNorm and the DCC's reassociated bin products reorder the arithmetic;
-        bench/bench_all.py measures the deviation). Reduced
-        precisions are always fast. Call after moving the model to its device. Raises ValueError when the
-        device lacks the precision."""
+        bench/bench_all.py measures the deviation). Reduced precisions are always fast. Call after moving
+        the model to its device. Raises ValueError when the device lacks the precision."""
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         fast = bool(fast) or precision != "fp32"
