@@ -22,6 +22,7 @@ from ..utils.downloads import (  # noqa: F401 - re-exported: rtmo.hub.zoo is whe
     cached_or_download,
     sha256_of,
 )
+from ..utils.memory import keep_freed_memory
 
 if TYPE_CHECKING:
     import torch
@@ -254,6 +255,7 @@ class ModelManager:
         suffix), `num_threads` (default: the physical cores), `device`, `precision` (see
         `rtmo.export.runtime.load_exported`); they already run as `fast=True` would make them (their
         runtime folds BatchNorm, `rtmo.export.optimize` rewrites the DCC), so `fast` changes nothing there."""
+        keep_freed_memory()  # an inference process: reuse what each call frees (rtmo.utils.memory)
         if input_size is not None:
             input_size = check_input_size(input_size)
         if num_threads is not None and (isinstance(num_threads, bool) or not isinstance(num_threads, int)
