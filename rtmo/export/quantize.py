@@ -69,6 +69,11 @@ def _split_at_nms(proto: Any) -> tuple[list[Any], list[Any]]:
     return nodes[:cut], nodes[cut:]
 
 
+def _drop_ort_quantization_advice(record: logging.LogRecord) -> bool:
+    """A logging filter: False for records that onnxruntime.quantization's own modules log."""
+    return "onnxruntime/quantization/" not in Path(record.pathname).as_posix()
+
+
 def quantize_onnx(onnx_path: str | os.PathLike, out_path: str | os.PathLike,
                   calibration_images: str | os.PathLike | Iterable[str | os.PathLike],
                   per_channel: bool = True, limit: int = 300) -> Path:
@@ -111,10 +116,17 @@ def quantize_onnx(onnx_path: str | os.PathLike, out_path: str | os.PathLike,
     with atomic_path(out) as tmp, tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as work:
         tmp_src = Path(work) / "fp32.onnx"
         onnx.save(proto, str(tmp_src))
-        quantize_static(str(tmp_src), str(tmp), Reader(), quant_format=QuantFormat.QDQ,
-                        op_types_to_quantize=["Conv", "MatMul"], nodes_to_exclude=sorted(keep_float),
-                        per_channel=per_channel, activation_type=QuantType.QUInt8,
-                        weight_type=QuantType.QInt8)
+        # quantize_static logs advice on the root logger ("consider pre-processing", i.e. shape inference
+        # and folding, which the exported graph already went through); keep it off the user's terminal.
+        root = logging.getLogger()
+        root.addFilter(_drop_ort_quantization_advice)
+        try:
+            quantize_static(str(tmp_src), str(tmp), Reader(), quant_format=QuantFormat.QDQ,
+                            op_types_to_quantize=["Conv", "MatMul"], nodes_to_exclude=sorted(keep_float),
+                            per_channel=per_channel, activation_type=QuantType.QUInt8,
+                            weight_type=QuantType.QInt8)
+        finally:
+            root.removeFilter(_drop_ort_quantization_advice)
         q = onnx.load(str(tmp))
         del q.metadata_props[:]
         for p in proto.metadata_props:
